@@ -1,0 +1,1 @@
+"""Next-best-offer recommender core."""

@@ -1,0 +1,280 @@
+"""The bank data contract: load a data directory into a validated, frozen `BankData`.
+
+A bank data directory holds `customers`, `holdings` and optionally `products`, each as
+`.csv` or `.parquet`. Everything is checked here, once; code behind `BankData` trusts it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recommender import columns as C
+from recommender.errors import DataError
+
+ISO_DATE = r"^\d{4}-\d{2}-\d{2}$"
+_EXAMPLES = 3
+
+
+@dataclass(frozen=True)
+class BankData:
+    """Validated tables of one bank data directory.
+
+    `holdings` has categorical `customer_id`/`product_id` and a datetime64 `snapshot_date`;
+    `customers` has string `customer_id`, optional `snapshot_date`, and attribute columns;
+    `products` always has `product_id` and `name`, in catalog order.
+    """
+
+    customers: pd.DataFrame
+    holdings: pd.DataFrame
+    products: pd.DataFrame
+    directory: Path | None = None
+
+    @property
+    def snapshots(self) -> list[pd.Timestamp]:
+        return sorted(pd.to_datetime(self.holdings[C.SNAPSHOT_DATE].unique()))
+
+    @property
+    def product_ids(self) -> list[str]:
+        return [str(p) for p in self.products[C.PRODUCT_ID]]
+
+    @property
+    def attribute_columns(self) -> list[str]:
+        return [c for c in self.customers.columns if c not in (C.CUSTOMER_ID, C.SNAPSHOT_DATE)]
+
+    def until(self, date: pd.Timestamp) -> BankData:
+        """The data as it was known at `date`: no snapshot after it."""
+        holdings = self.holdings[self.holdings[C.SNAPSHOT_DATE] <= date]
+        customers = self.customers
+        if C.SNAPSHOT_DATE in customers.columns:
+            customers = customers[customers[C.SNAPSHOT_DATE] <= date]
+        return BankData(customers, holdings, self.products, self.directory)
+
+
+def find_table(directory: Path, stem: str, required: bool = True) -> Path | None:
+    """The one `stem.csv` or `stem.parquet` in `directory`."""
+    found = [directory / f"{stem}{ext}" for ext in C.TABLE_EXTENSIONS]
+    found = [p for p in found if p.exists()]
+    if len(found) > 1:
+        raise DataError(
+            f"{directory}: both {found[0].name} and {found[1].name} exist; keep only one"
+        )
+    if not found:
+        if required:
+            raise DataError(
+                f"{directory}: missing {stem}.csv or {stem}.parquet "
+                f"(a bank data directory needs customers and holdings; see README 'Data contract')"
+            )
+        return None
+    return found[0]
+
+
+def read_table(path: Path, string_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read a CSV or Parquet file, turning any parse failure into a `DataError`."""
+    try:
+        if path.suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            dtypes = dict.fromkeys(string_columns, "string")
+            frame = pd.read_csv(path, dtype=dtypes, skipinitialspace=True)
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(
+            f"{path.name}: cannot be read as {path.suffix[1:]} ({reason}); "
+            "check that the file is complete and UTF-8 encoded"
+        ) from exc
+    if frame.empty:
+        raise DataError(f"{path.name}: has no rows; a bank data directory needs data")
+    return frame
+
+
+def _row_label(path: Path, index: int) -> str:
+    return f"line {index + 2}" if path.suffix == ".csv" else f"row {index + 1}"
+
+
+def require_columns(frame: pd.DataFrame, path: Path, required: tuple[str, ...]) -> None:
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{path.name}: missing column {missing[0]!r} (found: {', '.join(map(str, frame.columns))}); "
+            f"required columns are {', '.join(required)}"
+        )
+
+
+def clean_ids(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
+    """Ids as stripped strings; a blank id is an error naming its row."""
+    values = frame[column].astype("string").str.strip()
+    blank = values.isna() | (values == "")
+    if blank.any():
+        first = int(np.flatnonzero(blank.to_numpy())[0])
+        raise DataError(
+            f"{path.name} {_row_label(path, first)}: {column} is empty "
+            f"({int(blank.sum())} rows); every row needs a {column}"
+        )
+    return values
+
+
+def parse_dates(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
+    """Strict ISO dates (YYYY-MM-DD); the first bad value is named with its row."""
+    raw = frame[column]
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        parsed = pd.to_datetime(raw)
+        bad = parsed.isna()
+    else:
+        text = raw.astype("string").str.strip()
+        parsed = pd.to_datetime(text, format="%Y-%m-%d", errors="coerce")
+        bad = parsed.isna()
+    if bad.any():
+        first = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(
+            f"{path.name} {_row_label(path, first)}: {column} {str(raw.iloc[first])!r} "
+            f"is not a date (expected YYYY-MM-DD); {int(bad.sum())} rows affected"
+        )
+    return parsed.astype("datetime64[ns]").dt.normalize()
+
+
+def _examples(values: pd.Series | np.ndarray) -> str:
+    shown = [str(v) for v in list(values)[:_EXAMPLES]]
+    return ", ".join(repr(v) for v in shown)
+
+
+def check_unique(frame: pd.DataFrame, keys: list[str], path: Path) -> None:
+    duplicated = frame.duplicated(subset=keys, keep="first").to_numpy()
+    if duplicated.any():
+        first = int(np.flatnonzero(duplicated)[0])
+        row = frame.iloc[first]
+        what = ", ".join(f"{k}={row[k]!s}" for k in keys)
+        raise DataError(
+            f"{path.name} {_row_label(path, first)}: duplicate row for ({what}); "
+            f"{int(duplicated.sum())} duplicates in all; keep one row per {' + '.join(keys)}"
+        )
+
+
+def check_known(values: pd.Series, known: pd.Index, path: Path, what: str, fix: str) -> None:
+    unknown = ~values.isin(known)
+    if unknown.any():
+        distinct = pd.unique(values[unknown])
+        raise DataError(
+            f"{path.name}: {len(distinct)} {what} not found ({int(unknown.sum())} rows), "
+            f"e.g. {_examples(distinct)}; {fix}"
+        )
+
+
+def load_holdings(path: Path) -> pd.DataFrame:
+    frame = read_table(path, string_columns=(C.CUSTOMER_ID, C.PRODUCT_ID, C.SNAPSHOT_DATE))
+    require_columns(frame, path, (C.CUSTOMER_ID, C.PRODUCT_ID, C.SNAPSHOT_DATE))
+    holdings = pd.DataFrame(
+        {
+            C.CUSTOMER_ID: clean_ids(frame, C.CUSTOMER_ID, path),
+            C.PRODUCT_ID: clean_ids(frame, C.PRODUCT_ID, path),
+            C.SNAPSHOT_DATE: parse_dates(frame, C.SNAPSHOT_DATE, path),
+        }
+    )
+    check_unique(holdings, [C.CUSTOMER_ID, C.PRODUCT_ID, C.SNAPSHOT_DATE], path)
+    holdings[C.CUSTOMER_ID] = holdings[C.CUSTOMER_ID].astype("category")
+    holdings[C.PRODUCT_ID] = holdings[C.PRODUCT_ID].astype("category")
+    return holdings
+
+
+def _parse_date_attributes(frame: pd.DataFrame) -> pd.DataFrame:
+    """Attribute columns whose every value is an ISO date become datetimes."""
+    for column in frame.columns:
+        if column in (C.CUSTOMER_ID, C.SNAPSHOT_DATE):
+            continue
+        series = frame[column]
+        if pd.api.types.is_datetime64_any_dtype(series):
+            frame[column] = pd.to_datetime(series).astype("datetime64[ns]")
+            continue
+        if not (pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)):
+            continue
+        text = series.dropna().astype("string").str.strip()
+        if len(text) and bool(text.str.fullmatch(ISO_DATE).all()):
+            parsed = pd.to_datetime(series, format="%Y-%m-%d", errors="coerce")
+            frame[column] = parsed.astype("datetime64[ns]")
+    return frame
+
+
+def load_customers(path: Path) -> pd.DataFrame:
+    frame = read_table(path, string_columns=(C.CUSTOMER_ID, C.SNAPSHOT_DATE))
+    require_columns(frame, path, (C.CUSTOMER_ID,))
+    frame[C.CUSTOMER_ID] = clean_ids(frame, C.CUSTOMER_ID, path).astype(object)
+    keys = [C.CUSTOMER_ID]
+    if C.SNAPSHOT_DATE in frame.columns:
+        frame[C.SNAPSHOT_DATE] = parse_dates(frame, C.SNAPSHOT_DATE, path)
+        keys.append(C.SNAPSHOT_DATE)
+    check_unique(frame, keys, path)
+    return _parse_date_attributes(frame).reset_index(drop=True)
+
+
+def _numeric_column(frame: pd.DataFrame, column: str, path: Path, low: float, high: float) -> None:
+    if column not in frame.columns:
+        return
+    raw = frame[column]
+    values = pd.to_numeric(raw, errors="coerce")
+    bad = (raw.notna() & values.isna()) | (values < low) | (values > high)
+    if bad.any():
+        first = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(
+            f"{path.name} {_row_label(path, first)}: {column} {str(raw.iloc[first])!r} "
+            f"must be a number between {low:g} and {high:g}"
+        )
+    frame[column] = values
+
+
+def load_products(path: Path) -> pd.DataFrame:
+    frame = read_table(path, string_columns=(C.PRODUCT_ID,))
+    require_columns(frame, path, (C.PRODUCT_ID,))
+    frame[C.PRODUCT_ID] = clean_ids(frame, C.PRODUCT_ID, path).astype(object)
+    check_unique(frame, [C.PRODUCT_ID], path)
+    _numeric_column(frame, C.RISK_LEVEL, path, 1, 5)
+    _numeric_column(frame, C.MARGIN, path, 0, np.inf)
+    _numeric_column(frame, C.MIN_AGE, path, 0, 150)
+    _numeric_column(frame, C.MAX_AGE, path, 0, 150)
+    _numeric_column(frame, C.MIN_INCOME, path, 0, np.inf)
+    if C.NAME not in frame.columns:
+        frame[C.NAME] = frame[C.PRODUCT_ID]
+    frame[C.NAME] = frame[C.NAME].fillna(frame[C.PRODUCT_ID]).astype(object)
+    return frame.reset_index(drop=True)
+
+
+def infer_products(holdings: pd.DataFrame) -> pd.DataFrame:
+    ids = sorted(str(p) for p in holdings[C.PRODUCT_ID].unique())
+    return pd.DataFrame({C.PRODUCT_ID: ids, C.NAME: ids}, dtype=object)
+
+
+def load_bank_data(directory: str | Path) -> BankData:
+    """Load and validate a bank data directory (see README, 'Data contract')."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(
+            f"{directory}: no such data directory; create one with "
+            "`recommender demo-data` or `recommender import-wide`"
+        )
+    customers_path = find_table(directory, C.CUSTOMERS)
+    holdings_path = find_table(directory, C.HOLDINGS)
+    products_path = find_table(directory, C.PRODUCTS, required=False)
+    assert customers_path is not None and holdings_path is not None
+    customers = load_customers(customers_path)
+    holdings = load_holdings(holdings_path)
+    if products_path is None:
+        products = infer_products(holdings)
+    else:
+        products = load_products(products_path)
+        check_known(
+            holdings[C.PRODUCT_ID].astype(object),
+            pd.Index(products[C.PRODUCT_ID]),
+            holdings_path,
+            "product_id values",
+            f"add them to {products_path.name} or remove those holdings",
+        )
+    check_known(
+        holdings[C.CUSTOMER_ID].astype(object),
+        pd.Index(customers[C.CUSTOMER_ID]),
+        holdings_path,
+        "customer_id values",
+        f"add those customers to {customers_path.name} or remove their holdings",
+    )
+    return BankData(customers, holdings, products, directory)
