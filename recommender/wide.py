@@ -13,9 +13,11 @@ Cleaning rules, applied to every cell read as text:
   day-first unless some second part exceeds 12 and no first part does (then month-first):
   an ambiguous column such as Zimnat's `join_date` ("1/5/2018") is read as d/m/Y.
 
-Files are written to a staging directory next to `out_dir` and only then moved into it, so a
-failure leaves `out_dir` as it was. A table of the same name in the other format (say a stale
-`customers.csv` when writing Parquet) is removed, because the loader refuses to guess.
+Writing is all-or-nothing in practice: every table is written to a staging directory next to
+`out_dir` before any is moved in with one rename each, so a failure while reading, checking or
+writing leaves `out_dir` as it was (or absent). Other files in `out_dir` are kept, but a table
+of the same name in the other format (a stale `customers.csv` when writing Parquet) is removed,
+because the loader refuses to choose between them.
 """
 
 from __future__ import annotations
@@ -69,19 +71,22 @@ def import_wide(
     products = select_columns(list(text.columns), product_cols, csv_path)
     _check_roles(list(text.columns), customer_col, date_col, products, csv_path)
     ids = _customer_ids(text, customer_col, csv_path)
-    dates = _row_dates(text, date_col, csv_path) if date_col else _constant(text, fixed_date)
-    _check_unique(ids, dates, csv_path)
-    holdings = _holdings(ids, dates, _held(text, products, csv_path), products)
-    customers = pd.DataFrame({C.CUSTOMER_ID: ids})
     if date_col:
-        customers[C.SNAPSHOT_DATE] = dates
-    for column in text.columns.drop([customer_col, *([date_col] if date_col else []), *products]):
-        customers[column] = typed_attribute(text[column])
-    catalog = pd.DataFrame({C.PRODUCT_ID: products, C.NAME: products}, dtype=object)
-    tables = {C.CUSTOMERS: customers, C.HOLDINGS: holdings, C.PRODUCTS: catalog}
+        dates = _row_dates(text, date_col, csv_path)
+    else:
+        dates = pd.Series(fixed_date, index=text.index, dtype=object)
+    _check_unique(ids, dates, csv_path)
+    attributes = [c for c in text.columns if c not in (customer_col, date_col, *products)]
+    tables = {
+        C.CUSTOMERS: _customers(ids, dates if date_col else None, text[attributes]),
+        C.HOLDINGS: _holdings(ids, dates, _held(text, products, csv_path), products),
+        C.PRODUCTS: pd.DataFrame({C.PRODUCT_ID: products, C.NAME: products}, dtype=object),
+    }
     files = _write_atomically(tables, Path(out_dir), fmt)
     snapshots = sorted(str(d) for d in dates.unique())
-    return ImportSummary(int(ids.nunique()), len(holdings), len(products), snapshots, files)
+    return ImportSummary(
+        int(ids.nunique()), len(tables[C.HOLDINGS]), len(products), snapshots, files
+    )
 
 
 def _check_options(date_col: str | None, snapshot_date: str | None, fmt: str) -> str:
@@ -101,6 +106,16 @@ def _check_options(date_col: str | None, snapshot_date: str | None, fmt: str) ->
     return str(iso)
 
 
+def _customers(ids: pd.Series, dates: pd.Series | None, attributes: pd.DataFrame) -> pd.DataFrame:
+    """customer_id, snapshot_date when rows are dated (time-varying attributes), attributes."""
+    customers = pd.DataFrame({C.CUSTOMER_ID: ids})
+    if dates is not None:
+        customers[C.SNAPSHOT_DATE] = dates
+    for column in attributes.columns:
+        customers[column] = typed_attribute(attributes[column])
+    return customers
+
+
 def _holdings(
     ids: pd.Series, dates: pd.Series, held: np.ndarray, products: list[str]
 ) -> pd.DataFrame:
@@ -116,7 +131,7 @@ def _holdings(
 
 
 def _read_text(path: Path) -> pd.DataFrame:
-    """Every cell as stripped text, with blank and "NA" as missing."""
+    """Every cell as stripped text, blank and "NA" as missing; empty lines are skipped."""
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except FileNotFoundError as exc:
@@ -128,13 +143,14 @@ def _read_text(path: Path) -> pd.DataFrame:
             f"{path}: cannot be read as CSV ({reason}); "
             "check that it is a complete, UTF-8 encoded CSV file with a header row"
         ) from exc
-    if raw.empty:
-        raise DataError(f"{path}: has a header but no rows; nothing to import")
     raw.columns = pd.Index([str(c).strip() for c in raw.columns])
     if raw.columns.has_duplicates:
         raise DataError(f"{path}: duplicate column names after stripping spaces; rename them")
     text = pd.DataFrame({c: raw[c].str.strip() for c in raw.columns})
-    return text.mask(text.isin(MISSING))
+    text = text.mask(text.isin(MISSING)).dropna(how="all")  # index stays the row number
+    if text.empty:
+        raise DataError(f"{path}: has a header but no rows; nothing to import")
+    return text
 
 
 def _available(columns: list[str]) -> str:
@@ -188,7 +204,7 @@ def _check_roles(
 def _first_line(mask: pd.Series) -> tuple[int, int]:
     """Position of the first True value and its CSV line (header is line 1)."""
     first = int(np.flatnonzero(mask.to_numpy())[0])
-    return first, first + 2
+    return first, int(mask.index[first]) + 2
 
 
 def _customer_ids(text: pd.DataFrame, column: str, path: Path) -> pd.Series:
@@ -197,7 +213,7 @@ def _customer_ids(text: pd.DataFrame, column: str, path: Path) -> pd.Series:
     if blank.any():
         _, line = _first_line(blank)
         raise DataError(
-            f"{path.name} line {line}: customer column {column!r} is blank "
+            f"{path.name} line {line}: customer column {column!r} is blank or NA "
             f"({int(blank.sum())} rows); every row needs a customer id"
         )
     return ids.astype(object).rename(C.CUSTOMER_ID)
@@ -213,10 +229,6 @@ def _row_dates(text: pd.DataFrame, column: str, path: Path) -> pd.Series:
             f"{text[column].iloc[first]!r} is not a date; use YYYY-MM-DD or d/m/Y"
         )
     return dates.astype(object)
-
-
-def _constant(text: pd.DataFrame, value: str) -> pd.Series:
-    return pd.Series([value] * len(text), index=text.index, dtype=object)
 
 
 def _check_unique(ids: pd.Series, dates: pd.Series, path: Path) -> None:
@@ -286,12 +298,7 @@ def _write_atomically(tables: dict[str, pd.DataFrame], out_dir: Path, fmt: str) 
     try:
         for stem, table in tables.items():
             _write_table(table, staging / f"{stem}.{fmt}")
-        out_dir.mkdir(exist_ok=True)
-        for stem in tables:
-            for ext in C.TABLE_EXTENSIONS:
-                if ext != f".{fmt}":
-                    (out_dir / f"{stem}{ext}").unlink(missing_ok=True)
-            os.replace(staging / f"{stem}.{fmt}", out_dir / f"{stem}.{fmt}")
+        _move_into(staging, out_dir, list(tables), fmt)
     except OSError as exc:
         raise DataError(
             f"{out_dir}: cannot write the data ({exc}); check space and rights"
@@ -299,6 +306,16 @@ def _write_atomically(tables: dict[str, pd.DataFrame], out_dir: Path, fmt: str) 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [out_dir / f"{stem}.{fmt}" for stem in tables]
+
+
+def _move_into(staging: Path, out_dir: Path, stems: list[str], fmt: str) -> None:
+    """Replace each table file (one rename each), dropping its copy in the other format."""
+    out_dir.mkdir(exist_ok=True)
+    for stem in stems:
+        for ext in C.TABLE_EXTENSIONS:
+            if ext != f".{fmt}":
+                (out_dir / f"{stem}{ext}").unlink(missing_ok=True)
+        os.replace(staging / f"{stem}.{fmt}", out_dir / f"{stem}.{fmt}")
 
 
 def _write_table(table: pd.DataFrame, path: Path) -> None:

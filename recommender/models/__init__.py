@@ -1,0 +1,1 @@
+"""Recommendation models sharing one estimator contract."""
