@@ -24,12 +24,31 @@ _ROWS: list[tuple[str, str, str, int, float, float, float, str, float, str]] = [
     ("ind_cder_fin_ult1", "derivada account", "investments", 5, 250, 18, 120, "", 0, ""),
     ("ind_cno_fin_ult1", "payroll account", "accounts", 1, 120, 16, 120, "", 0, ""),
     ("ind_ctju_fin_ult1", "junior account", "accounts", 1, 30, 0, 17, "", 0, "main account"),
-    ("ind_ctma_fin_ult1", "mas particular account", "accounts", 1, 90, 18, 120, "", 0,
-     "main account"),
-    ("ind_ctop_fin_ult1", "particular account", "accounts", 1, 80, 18, 120, "", 0,
-     "main account"),
-    ("ind_ctpp_fin_ult1", "particular plus account", "accounts", 2, 150, 18, 120, "", 30000,
-     "main account"),
+    (
+        "ind_ctma_fin_ult1",
+        "mas particular account",
+        "accounts",
+        1,
+        90,
+        18,
+        120,
+        "",
+        0,
+        "main account",
+    ),
+    ("ind_ctop_fin_ult1", "particular account", "accounts", 1, 80, 18, 120, "", 0, "main account"),
+    (
+        "ind_ctpp_fin_ult1",
+        "particular plus account",
+        "accounts",
+        2,
+        150,
+        18,
+        120,
+        "",
+        30000,
+        "main account",
+    ),
     ("ind_deco_fin_ult1", "short-term deposits", "deposits", 1, 50, 18, 120, "", 0, ""),
     ("ind_deme_fin_ult1", "medium-term deposits", "deposits", 2, 80, 18, 120, "", 0, ""),
     ("ind_dela_fin_ult1", "long-term deposits", "deposits", 2, 150, 18, 120, "", 0, ""),
@@ -48,9 +67,17 @@ _ROWS: list[tuple[str, str, str, int, float, float, float, str, float, str]] = [
 ]
 
 _COLUMNS = [
-    C.PRODUCT_ID, C.NAME, C.CATEGORY, C.RISK_LEVEL, C.MARGIN, C.MIN_AGE, C.MAX_AGE,
-    C.SEGMENTS, C.MIN_INCOME, FAMILY,
-]  # fmt: skip
+    C.PRODUCT_ID,
+    C.NAME,
+    C.CATEGORY,
+    C.RISK_LEVEL,
+    C.MARGIN,
+    C.MIN_AGE,
+    C.MAX_AGE,
+    C.SEGMENTS,
+    C.MIN_INCOME,
+    FAMILY,
+]
 
 
 def bank_catalog() -> pd.DataFrame:

@@ -28,9 +28,14 @@ EXIT_USER_ERROR = 2
 
 def progress_bar() -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), console=console, transient=False,
-    )  # fmt: skip
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal,
+    )
 
 
 def _date(value: str | None, option: str) -> pd.Timestamp | None:
@@ -59,15 +64,16 @@ def demo_data(
     _date(end_date, "--end-date")
     with progress_bar() as bar:
         task = bar.add_task("simulating months", total=months)
-        bank = generate(customers, months, seed, end_date,
-                        progress=lambda n: bar.advance(task, n))  # fmt: skip
+        bank = generate(customers, months, seed, end_date, progress=lambda n: bar.advance(task, n))
         task = bar.add_task("writing files", total=1)
         files = write_bank(bank, out_dir, fmt)
         bar.advance(task)
     rates = bank.acquisition_rate
     mean_rate = sum(rates) / len(rates) if rates else 0.0
-    typer.echo(f"wrote {len(files)} files to {out_dir}: {customers:,} customers, "
-               f"{months} snapshots, {mean_rate:.1%} acquire a product per month")  # fmt: skip
+    typer.echo(
+        f"wrote {len(files)} files to {out_dir}: {customers:,} customers, "
+        f"{months} snapshots, {mean_rate:.1%} acquire a product per month"
+    )
 
 
 @app.command("import-wide")
@@ -75,26 +81,34 @@ def import_wide_command(
     csv: Annotated[Path, typer.Argument(help="Wide CSV: one row per customer (and month).")],
     out_dir: Annotated[Path, typer.Argument(help="Bank data directory to write.")],
     customer_col: Annotated[str, typer.Option(help="Column with the customer id.")],
-    product_cols: Annotated[str, typer.Option(
-        help="Product columns: names, globs (ind_*_ult1) or a range FIRST:LAST, comma-separated."
-    )],  # fmt: skip
+    product_cols: Annotated[
+        str,
+        typer.Option(
+            help="Product columns, comma-separated: names, globs (ind_*_ult1), FIRST:LAST."
+        ),
+    ],
     date_col: Annotated[str | None, typer.Option(help="Column with the snapshot date.")] = None,
-    snapshot_date: Annotated[str | None, typer.Option(
-        help="Snapshot date for single-snapshot files (YYYY-MM-DD).")] = None,  # fmt: skip
+    snapshot_date: Annotated[
+        str | None, typer.Option(help="Snapshot date for single-snapshot files (YYYY-MM-DD).")
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
 ) -> None:
     """Import a wide 0/1 product file (e.g. Santander, Zimnat) into a bank data directory."""
     from recommender.wide import import_wide
 
     summary = import_wide(csv, out_dir, customer_col, product_cols, date_col, snapshot_date, fmt)
-    typer.echo(f"wrote {out_dir}: {summary.customers:,} customers, {summary.holdings:,} "
-               f"holdings, {summary.products} products, snapshots {', '.join(summary.snapshots)}")  # fmt: skip
+    typer.echo(
+        f"wrote {out_dir}: {summary.customers:,} customers, {summary.holdings:,} "
+        f"holdings, {summary.products} products, snapshots {', '.join(summary.snapshots)}"
+    )
 
 
 def print_report(report: dict[str, Any]) -> None:
     k = report["k"]
-    table = Table(title=f"{report['protocol']} evaluation at {report['test_date']}: "
-                        f"{report['n_customers_evaluated']:,} customers")  # fmt: skip
+    table = Table(
+        title=f"{report['protocol']} evaluation at {report['test_date']}: "
+        f"{report['n_customers_evaluated']:,} customers"
+    )
     metrics = [f"map@{k}", f"ndcg@{k}", "hit@1", "hit@3", "mrr", "coverage"]
     table.add_column("model")
     for metric in metrics:
@@ -102,8 +116,9 @@ def print_report(report: dict[str, Any]) -> None:
     for tier in report["tiers"]:
         table.add_column(f"map@{k} tier {tier}", justify="right")
     for name, values in report["models"].items():
-        tiers = [report["tiers"][t].get(name, {}).get(f"map@{k}", float("nan"))
-                 for t in report["tiers"]]  # fmt: skip
+        tiers = [
+            report["tiers"][t].get(name, {}).get(f"map@{k}", float("nan")) for t in report["tiers"]
+        ]
         table.add_row(name, *[f"{values[m]:.4f}" for m in metrics], *[f"{v:.4f}" for v in tiers])
     Console(width=max(Console().width, 150)).print(table)
 
@@ -120,9 +135,8 @@ def evaluate(
 ) -> None:
     """Evaluate the baselines (and the oracle on synthetic data) with an honest protocol."""
     from recommender.dataset import load_bank_data
-    from recommender.evaluation import baseline_models, oracle_for
+    from recommender.evaluation import baseline_models, oracle_for, run_models
     from recommender.evaluation import report as make_report
-    from recommender.evaluation import run_models
     from recommender.protocol import split
     from recommender.state import StateOptions
 
@@ -136,8 +150,9 @@ def evaluate(
         oracle = oracle_for(the_split, data)
         models += [oracle] if oracle else []
         bar.update(task, total=len(models), completed=0, description="models")
-        results = run_models(the_split, models, k,
-                             progress=lambda name: bar.update(task, description=name))
+        results = run_models(
+            the_split, models, k, progress=lambda name: bar.update(task, description=name)
+        )
         bar.update(task, completed=len(models), description="done")
     result = make_report(the_split, results, k)
     print_report(result)
@@ -160,7 +175,11 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if os.environ.get("RECOMMENDER_DEBUG"):
             raise
-        console.print(f"internal error: {type(exc).__name__}: {exc} "
-                      "(rerun with RECOMMENDER_DEBUG=1 for a traceback and report it)",
-                      markup=False, highlight=False, soft_wrap=True)  # fmt: skip
+        console.print(
+            f"internal error: {type(exc).__name__}: {exc} "
+            "(rerun with RECOMMENDER_DEBUG=1 for a traceback and report it)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(1)

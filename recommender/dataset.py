@@ -99,7 +99,8 @@ def require_columns(frame: pd.DataFrame, path: Path, required: tuple[str, ...]) 
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise DataError(
-            f"{path.name}: missing column {missing[0]!r} (found: {', '.join(map(str, frame.columns))}); "
+            f"{path.name}: missing column {missing[0]!r} "
+            f"(found: {', '.join(map(str, frame.columns))}); "
             f"required columns are {', '.join(required)}"
         )
 
@@ -136,8 +137,12 @@ def parse_dates(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
     return parsed.astype("datetime64[ns]").dt.normalize()
 
 
-def _examples(values: pd.Series | np.ndarray) -> str:
-    shown = [str(v) for v in list(values)[:_EXAMPLES]]
+def _plain(value: object) -> str:
+    return value.date().isoformat() if isinstance(value, pd.Timestamp) else str(value)
+
+
+def _examples(values: object) -> str:
+    shown = [str(v) for v in list(values)[:_EXAMPLES]]  # type: ignore[call-overload]
     return ", ".join(repr(v) for v in shown)
 
 
@@ -146,7 +151,7 @@ def check_unique(frame: pd.DataFrame, keys: list[str], path: Path) -> None:
     if duplicated.any():
         first = int(np.flatnonzero(duplicated)[0])
         row = frame.iloc[first]
-        what = ", ".join(f"{k}={row[k]!s}" for k in keys)
+        what = ", ".join(f"{k}={_plain(row[k])}" for k in keys)
         raise DataError(
             f"{path.name} {_row_label(path, first)}: duplicate row for ({what}); "
             f"{int(duplicated.sum())} duplicates in all; keep one row per {' + '.join(keys)}"
@@ -179,7 +184,7 @@ def load_holdings(path: Path) -> pd.DataFrame:
     return holdings
 
 
-def _parse_date_attributes(frame: pd.DataFrame) -> pd.DataFrame:
+def _parse_date_attributes(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     """Attribute columns whose every value is an ISO date become datetimes."""
     for column in frame.columns:
         if column in (C.CUSTOMER_ID, C.SNAPSHOT_DATE):
@@ -193,6 +198,13 @@ def _parse_date_attributes(frame: pd.DataFrame) -> pd.DataFrame:
         text = series.dropna().astype("string").str.strip()
         if len(text) and bool(text.str.fullmatch(ISO_DATE).all()):
             parsed = pd.to_datetime(series, format="%Y-%m-%d", errors="coerce")
+            bad = series.notna() & parsed.isna()
+            if bad.any():
+                first = int(np.flatnonzero(bad.to_numpy())[0])
+                raise DataError(
+                    f"{path.name} {_row_label(path, first)}: {column} {series.iloc[first]!r} "
+                    "is not a valid date (expected YYYY-MM-DD)"
+                )
             frame[column] = parsed.astype("datetime64[ns]")
     return frame
 
@@ -206,7 +218,7 @@ def load_customers(path: Path) -> pd.DataFrame:
         frame[C.SNAPSHOT_DATE] = parse_dates(frame, C.SNAPSHOT_DATE, path)
         keys.append(C.SNAPSHOT_DATE)
     check_unique(frame, keys, path)
-    return _parse_date_attributes(frame).reset_index(drop=True)
+    return _parse_date_attributes(frame, path).reset_index(drop=True)
 
 
 def _numeric_column(frame: pd.DataFrame, column: str, path: Path, low: float, high: float) -> None:

@@ -90,7 +90,9 @@ def report(split: Split, results: list[ModelResult], k: int) -> dict[str, Any]:
     }
 
 
-def per_product_hit_rate(split: Split, result: ModelResult, product_ids: list[str]) -> dict[str, float]:
+def per_product_hit_rate(
+    split: Split, result: ModelResult, product_ids: list[str]
+) -> dict[str, float]:
     """For each product: share of its acquisitions that appeared in the top k."""
     truth = split.test.targets
     rows = np.arange(len(truth))[:, None]

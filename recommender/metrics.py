@@ -29,13 +29,15 @@ def per_customer(recommended: np.ndarray, truth: np.ndarray, k: int) -> pd.DataF
     ideal = np.cumsum(discounts)[np.maximum(n_relevant, 1) - 1]
     ndcg = (hits * discounts).sum(axis=1) / ideal
     first = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, np.inf)
-    return pd.DataFrame({
-        f"map@{k}": np.where(n_relevant > 0, ap, 0.0),
-        f"ndcg@{k}": np.where(n_relevant > 0, ndcg, 0.0),
-        "hit@1": hits[:, :1].any(axis=1).astype(float),
-        "hit@3": hits[:, :3].any(axis=1).astype(float),
-        "mrr": 1.0 / first,
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            f"map@{k}": np.where(n_relevant > 0, ap, 0.0),
+            f"ndcg@{k}": np.where(n_relevant > 0, ndcg, 0.0),
+            "hit@1": hits[:, :1].any(axis=1).astype(float),
+            "hit@3": hits[:, :3].any(axis=1).astype(float),
+            "mrr": 1.0 / first,
+        }
+    )
 
 
 def coverage(recommended: np.ndarray, n_products: int) -> float:

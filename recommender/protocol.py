@@ -44,9 +44,7 @@ class Split:
     cube: HoldingsCube  # everything the models may see (nothing from the test truth)
 
 
-def acquisition_examples(
-    cube: HoldingsCube, options: StateOptions, start: int = 1
-) -> Examples:
+def acquisition_examples(cube: HoldingsCube, options: StateOptions, start: int = 1) -> Examples:
     """States at t-1 with the products acquired at t, for every t >= start in the cube."""
     states, targets = [], []
     for t in range(max(start, 1), len(cube.dates)):

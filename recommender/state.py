@@ -28,8 +28,11 @@ class StateOptions:
     segment_col: str | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return {"drop_window": self.drop_window, "value_col": self.value_col,
-                "segment_col": self.segment_col}  # fmt: skip
+        return {
+            "drop_window": self.drop_window,
+            "value_col": self.value_col,
+            "segment_col": self.segment_col,
+        }
 
 
 @dataclass(frozen=True)
@@ -50,10 +53,15 @@ class CustomerState:
 
     def take(self, rows: np.ndarray) -> CustomerState:
         return CustomerState(
-            self.customer_ids[rows], self.as_of[rows], self.held[rows], self.dropped[rows],
-            self.held_months[rows], self.attributes.iloc[rows].reset_index(drop=True),
-            self.tier[rows], self.segment[rows],
-        )  # fmt: skip
+            self.customer_ids[rows],
+            self.as_of[rows],
+            self.held[rows],
+            self.dropped[rows],
+            self.held_months[rows],
+            self.attributes.iloc[rows].reset_index(drop=True),
+            self.tier[rows],
+            self.segment[rows],
+        )
 
     def without(self, products: np.ndarray) -> CustomerState:
         """The same customers with product `products[i]` removed from row i's holdings."""
@@ -89,12 +97,12 @@ class HoldingsCube:
 
     @staticmethod
     def from_data(data: BankData) -> HoldingsCube:
-        customer_ids = pd.unique(data.customers[C.CUSTOMER_ID]).astype(object)
+        customer_ids = np.asarray(pd.unique(data.customers[C.CUSTOMER_ID]), dtype=object)
         dates = data.snapshots
         h = data.holdings
-        c = pd.Index(customer_ids).get_indexer(h[C.CUSTOMER_ID].astype(object))
-        p = pd.Index(data.product_ids).get_indexer(h[C.PRODUCT_ID].astype(object))
-        t = pd.Index(dates).get_indexer(h[C.SNAPSHOT_DATE])
+        c = pd.Index(customer_ids).get_indexer(pd.Index(h[C.CUSTOMER_ID].astype(object)))
+        p = pd.Index(data.product_ids).get_indexer(pd.Index(h[C.PRODUCT_ID].astype(object)))
+        t = pd.Index(dates).get_indexer(pd.Index(h[C.SNAPSHOT_DATE]))
         held = np.zeros((len(dates), len(customer_ids), len(data.product_ids)), dtype=bool)
         held[t, c, p] = True
         return HoldingsCube(data, customer_ids, dates, held)
@@ -104,12 +112,14 @@ class HoldingsCube:
         if not 1 <= n_snapshots <= len(self.dates):
             raise ValueError(f"n_snapshots must be in 1..{len(self.dates)}")
         data = self.data.until(self.dates[n_snapshots - 1])
-        return HoldingsCube(data, self.customer_ids, self.dates[:n_snapshots],
-                            self.held[:n_snapshots])  # fmt: skip
+        return HoldingsCube(
+            data, self.customer_ids, self.dates[:n_snapshots], self.held[:n_snapshots]
+        )
 
     def acquisitions(self, t: int) -> np.ndarray:
         """Products acquired at snapshot t (held at t, not at t-1)."""
-        return self.held[t] & ~self.held[t - 1]
+        gained: np.ndarray = self.held[t] & ~self.held[t - 1]
+        return gained
 
     def held_months(self, t: int) -> np.ndarray:
         run = np.zeros(self.held.shape[1:], dtype=np.int16)
@@ -119,14 +129,15 @@ class HoldingsCube:
         days = (self.dates[t] - pd.DatetimeIndex(self.dates)).days.to_numpy()
         months = np.round(days[np.clip(start, 0, t)] / 30.44).astype(np.int16)
         months = np.where(start == 0, CENSORED, months)
-        return np.where(run > 0, months, 0).astype(np.int16)
+        return np.asarray(np.where(run > 0, months, 0), dtype=np.int16)
 
     def attributes_at(self, t: int) -> pd.DataFrame:
         customers = self.data.customers
         if C.SNAPSHOT_DATE in customers.columns:
             known = customers[customers[C.SNAPSHOT_DATE] <= self.dates[t]]
-            customers = known.sort_values(C.SNAPSHOT_DATE).drop_duplicates(C.CUSTOMER_ID,
-                                                                           keep="last")
+            customers = known.sort_values(C.SNAPSHOT_DATE).drop_duplicates(
+                C.CUSTOMER_ID, keep="last"
+            )
             customers = customers.drop(columns=[C.SNAPSHOT_DATE])
         indexed = customers.drop_duplicates(C.CUSTOMER_ID).set_index(C.CUSTOMER_ID)
         return indexed.reindex(self.customer_ids).reset_index(drop=True)
@@ -143,5 +154,6 @@ class HoldingsCube:
         value = customer_value(attributes, held, held_months, options.value_col)
         tier = ValueTier().fit(value).transform(value)
         segment = segment_labels(attributes, tier, options.segment_col)
-        return CustomerState(self.customer_ids, as_of, held, dropped, held_months,
-                             attributes, tier, segment)  # fmt: skip
+        return CustomerState(
+            self.customer_ids, as_of, held, dropped, held_months, attributes, tier, segment
+        )

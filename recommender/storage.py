@@ -17,10 +17,16 @@ from recommender import columns as C
 def _write(table: pa.Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".csv":
-        plain = table.cast(pa.schema([
-            pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type)
-            for f in table.schema
-        ]))  # fmt: skip
+        plain = table.cast(
+            pa.schema(
+                [
+                    pa.field(
+                        f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type
+                    )
+                    for f in table.schema
+                ]
+            )
+        )
         pacsv.write_csv(plain, path)
     else:
         pq.write_table(table, path)

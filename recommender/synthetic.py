@@ -69,7 +69,7 @@ class SyntheticBank:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-np.clip(x, -30, 30)))).astype(Float)
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(x, -30, 30))), dtype=Float)
 
 
 def _solve_intercepts(
@@ -103,15 +103,16 @@ def _sample_customers(n: int, rng: np.random.Generator, first: pd.Timestamp) -> 
         xs, ys = AGE_KNOTS[name]
         age[rows] = np.interp(rng.random(k), xs, ys)
         med, p90 = row["income_median"], row["income_p90"]
-        income[rows] = np.interp(rng.random(k), [0, 0.1, 0.5, 0.9, 1],
-                                 [0.2 * med, 0.5 * med, med, p90, 3 * p90])  # fmt: skip
-        tmed = max(float(row["tenure_months_median"]), 2.0)
-        tenure[rows] = np.interp(rng.random(k), [0, 0.1, 0.5, 0.9, 1],
-                                 [0, 0.15 * tmed, tmed, 2.2 * tmed, 3 * tmed])  # fmt: skip
+        income[rows] = np.interp(
+            rng.random(k), [0, 0.1, 0.5, 0.9, 1], [0.2 * med, 0.5 * med, med, p90, 3 * p90]
+        )
+        tmed = max(float(seg_table["tenure_months_median"].loc[name]), 2.0)
+        tenure[rows] = np.interp(
+            rng.random(k), [0, 0.1, 0.5, 0.9, 1], [0, 0.15 * tmed, tmed, 2.2 * tmed, 3 * tmed]
+        )
     tenure = np.minimum(tenure, np.maximum(age - 16, 0) * 12).round()
     income_z = (np.log(income) - np.log(100_000)) / 0.5
-    risk_latent = (0.6 * income_z + 0.4 * (segment == 0) - 0.02 * (age - 45)
-                   + rng.normal(0, 0.8, n))  # fmt: skip
+    risk_latent = 0.6 * income_z + 0.4 * (segment == 0) - 0.02 * (age - 45) + rng.normal(0, 0.8, n)
     risk = np.digitize(risk_latent, [-1.2, -0.4, 0.4, 1.2]) + 1.0
     risk[rng.random(n) < 0.12] = np.nan
     young = age < 30
@@ -159,8 +160,9 @@ def _initial_holdings(
     for pid in HOLDING_ORDER:
         p = index[pid]
         x = static[:, p] + taste[:, p] + held.astype(Float) @ affinity[:, p]
-        b = _solve_intercepts(x, segment, len(SEGMENT_NAMES), targets[:, p] * seg_counts,
-                              np.ones(n))  # fmt: skip
+        b = _solve_intercepts(
+            x, segment, len(SEGMENT_NAMES), targets[:, p] * seg_counts, np.ones(n)
+        )
         held[:, p] = rng.random(n, dtype=Float) < _sigmoid(b[segment] + x)
     return held
 
@@ -168,8 +170,13 @@ def _initial_holdings(
 class _Dynamics:
     """One month of churn and acquisition; keeps penetration stationary per segment."""
 
-    def __init__(self, static: np.ndarray, segment: np.ndarray, product_ids: list[str],
-                 rng: np.random.Generator) -> None:  # fmt: skip
+    def __init__(
+        self,
+        static: np.ndarray,
+        segment: np.ndarray,
+        product_ids: list[str],
+        rng: np.random.Generator,
+    ) -> None:
         self.static = static
         self.segment = segment
         self.rng = rng
@@ -239,17 +246,21 @@ def write_bank(bank: SyntheticBank, out_dir: Path, fmt: str = "parquet") -> list
     ids = pa.array(bank.customers[C.CUSTOMER_ID].to_numpy(dtype=str))
     products = pa.array(bank.product_ids)
     dates = pa.array([d.date() for d in bank.snapshot_dates], type=pa.date32())
-    holdings = pa.table({
-        C.CUSTOMER_ID: pa.DictionaryArray.from_arrays(customer_idx.astype(np.int32), ids),
-        C.PRODUCT_ID: pa.DictionaryArray.from_arrays(product_idx.astype(np.int8), products),
-        C.SNAPSHOT_DATE: dates.take(pa.array(months.astype(np.int32))),
-    })  # fmt: skip
+    holdings = pa.table(
+        {
+            C.CUSTOMER_ID: pa.DictionaryArray.from_arrays(customer_idx.astype(np.int32), ids),
+            C.PRODUCT_ID: pa.DictionaryArray.from_arrays(product_idx.astype(np.int8), products),
+            C.SNAPSHOT_DATE: dates.take(pa.array(months.astype(np.int32))),
+        }
+    )
     c_idx, p_idx = np.nonzero(np.ones(bank.truth.shape, dtype=bool))
-    truth = pa.table({
-        C.CUSTOMER_ID: pa.DictionaryArray.from_arrays(c_idx.astype(np.int32), ids),
-        C.PRODUCT_ID: pa.DictionaryArray.from_arrays(p_idx.astype(np.int8), products),
-        C.PROBABILITY: pa.array(bank.truth.ravel()),
-    })  # fmt: skip
+    truth = pa.table(
+        {
+            C.CUSTOMER_ID: pa.DictionaryArray.from_arrays(c_idx.astype(np.int32), ids),
+            C.PRODUCT_ID: pa.DictionaryArray.from_arrays(p_idx.astype(np.int8), products),
+            C.PROBABILITY: pa.array(bank.truth.ravel()),
+        }
+    )
     tables = {
         f"{C.CUSTOMERS}.{fmt}": pa.Table.from_pandas(bank.customers, preserve_index=False),
         f"{C.HOLDINGS}.{fmt}": holdings,

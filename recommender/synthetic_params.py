@@ -18,19 +18,60 @@ AGE_KNOTS: dict[str, tuple[list[float], list[float]]] = {
     "other": ([0, 0.1, 0.5, 0.9, 1], [18, 26, 43, 73, 95]),
 }
 CHANNELS = ("KHE", "KAT", "KFC", "RED")  # KHE: the digital channel
-REGIONS = ("MADRID", "BARCELONA", "VALENCIA", "SEVILLA", "MALAGA", "ZARAGOZA", "MURCIA",
-           "ALICANTE", "CORUNA", "BIZKAIA", "ASTURIAS", "CADIZ")  # fmt: skip
+REGIONS = (
+    "MADRID",
+    "BARCELONA",
+    "VALENCIA",
+    "SEVILLA",
+    "MALAGA",
+    "ZARAGOZA",
+    "MURCIA",
+    "ALICANTE",
+    "CORUNA",
+    "BIZKAIA",
+    "ASTURIAS",
+    "CADIZ",
+)
 
-FEATURES = ("minor", "young", "age_z", "senior", "prime", "midlife", "income_z", "risk",
-            "digital", "tenure_z")  # fmt: skip
+FEATURES = (
+    "minor",
+    "young",
+    "age_z",
+    "senior",
+    "prime",
+    "midlife",
+    "income_z",
+    "risk",
+    "digital",
+    "tenure_z",
+)
 
 # Drivers first: the first snapshot is drawn in this order, each product conditioned on
 # the ones before it.
-HOLDING_ORDER = [f"ind_{s}_fin_ult1" for s in (
-    "cco", "ctju", "ctop", "ctpp", "ctma", "cno")] + ["ind_nomina_ult1", "ind_nom_pens_ult1",
-    "ind_recibo_ult1"] + [f"ind_{s}_fin_ult1" for s in (
-    "reca", "ecue", "tjcr", "dela", "deme", "deco", "fond", "valo", "plan", "hip", "viv",
-    "pres", "cder", "aval", "ahor")]  # fmt: skip
+HOLDING_ORDER = (
+    [f"ind_{s}_fin_ult1" for s in ("cco", "ctju", "ctop", "ctpp", "ctma", "cno")]
+    + ["ind_nomina_ult1", "ind_nom_pens_ult1", "ind_recibo_ult1"]
+    + [
+        f"ind_{s}_fin_ult1"
+        for s in (
+            "reca",
+            "ecue",
+            "tjcr",
+            "dela",
+            "deme",
+            "deco",
+            "fond",
+            "valo",
+            "plan",
+            "hip",
+            "viv",
+            "pres",
+            "cder",
+            "aval",
+            "ahor",
+        )
+    ]
+)
 
 _EFFECTS: dict[str, dict[str, float]] = {
     "cco": {"young": 0.5, "tenure_z": -0.3},
@@ -79,12 +120,26 @@ _AFFINITY: dict[str, dict[str, float]] = {
     **{a: {b: -1.0 for b in _ACCOUNTS if b != a} | {"ecue": 0.3} for a in _ACCOUNTS},
 }
 
-_LATENT = {"investor": ("fond", "valo", "dela", "deme", "plan", "cder", "ctpp"),
-           "transactional": ("recibo", "reca", "tjcr", "ecue", "nomina", "nom_pens")}  # fmt: skip
+_LATENT = {
+    "investor": ("fond", "valo", "dela", "deme", "plan", "cder", "ctpp"),
+    "transactional": ("recibo", "reca", "tjcr", "ecue", "nomina", "nom_pens"),
+}
 
-_CHURN = {"cco": 0.012, "nomina": 0.09, "nom_pens": 0.09, "recibo": 0.05, "reca": 0.04,
-          "tjcr": 0.04, "ecue": 0.03, "cno": 0.035, "deco": 0.08, "deme": 0.06, "dela": 0.03,
-          "ctju": 0.03, "cder": 0.06}  # fmt: skip
+_CHURN = {
+    "cco": 0.012,
+    "nomina": 0.09,
+    "nom_pens": 0.09,
+    "recibo": 0.05,
+    "reca": 0.04,
+    "tjcr": 0.04,
+    "ecue": 0.03,
+    "cno": 0.035,
+    "deco": 0.08,
+    "deme": 0.06,
+    "dela": 0.03,
+    "ctju": 0.03,
+    "cder": 0.06,
+}
 _DEFAULT_CHURN = 0.025
 # Attribute effects are scaled so that who the client is matters about as much as what
 # they hold: with 1.0 the oracle beats co-occurrence by ~20%, with 1.8 by ~30%.
@@ -148,8 +203,9 @@ def latent_loadings(product_ids: list[str]) -> np.ndarray:
 
 
 def churn_rates(product_ids: list[str]) -> np.ndarray:
-    return np.array([_CHURN.get(short_name(p), _DEFAULT_CHURN) for p in product_ids],
-                    dtype=np.float32)  # fmt: skip
+    return np.array(
+        [_CHURN.get(short_name(p), _DEFAULT_CHURN) for p in product_ids], dtype=np.float32
+    )
 
 
 def reacquire_boost(product_ids: list[str]) -> np.ndarray:

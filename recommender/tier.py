@@ -22,8 +22,10 @@ UNKNOWN = "unknown"
 def value_column(attributes: pd.DataFrame, name: str | None) -> str | None:
     if name is not None:
         if name not in attributes.columns:
-            raise ConfigError(f"value column {name!r} is not a customer attribute "
-                              f"(have: {', '.join(map(str, attributes.columns))})")  # fmt: skip
+            raise ConfigError(
+                f"value column {name!r} is not a customer attribute "
+                f"(have: {', '.join(map(str, attributes.columns))})"
+            )
         return name
     return next((c for c in VALUE_COLUMNS if c in attributes.columns), None)
 
@@ -36,9 +38,11 @@ def customer_value(
     if column is not None:
         values = pd.to_numeric(attributes[column], errors="coerce").to_numpy(float)
         if np.isfinite(values).any():
-            return np.where(np.isfinite(values), values, np.nanmedian(values))
+            filled: np.ndarray = np.where(np.isfinite(values), values, np.nanmedian(values))
+            return filled
     longest = np.where(held_months < 0, 99, np.clip(held_months, 0, 99)).max(axis=1)
-    return held.sum(axis=1) + 0.01 * longest
+    value: np.ndarray = held.sum(axis=1) + 0.01 * longest
+    return value
 
 
 class ValueTier:

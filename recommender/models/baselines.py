@@ -93,4 +93,4 @@ class Oracle(Recommender):
 
     def _score(self, state: CustomerState) -> np.ndarray:
         found = self.probability_.reindex(state.customer_ids.astype(str)).to_numpy()
-        return np.nan_to_num(found, nan=0.0)
+        return np.asarray(np.nan_to_num(found, nan=0.0))

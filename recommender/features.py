@@ -1,0 +1,196 @@
+"""Customer features: a sparse indicator matrix with a readable vocabulary.
+
+Encoding (learnt by `fit` on training states, applied unchanged by `transform`):
+- numeric attributes -> quantile bins (`income=[45000, 90000)`); numeric columns with at
+  most `max_levels` distinct values are treated as categories (`risk_tolerance=3`);
+- categorical attributes -> one indicator per value held by at least `min_share` of
+  customers (at most `max_categories`), the rest share `col=other`;
+- date attributes -> years before the snapshot (`birth_date` -> age), then quantile bins;
+- missing values -> an explicit `col=missing` token;
+- holdings at the snapshot: `held:P`, recently dropped `dropped:P` (held within the last
+  `drop_window` snapshots, not now), time since acquired `held_for:P:BUCKET`;
+- the value tier `tier:A|B|C`.
+Every customer row activates one token per attribute, so any customer (including one never
+seen in training) can be encoded.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recommender.errors import NotFittedError
+from recommender.state import CENSORED, CustomerState
+
+MISSING = "(missing)"
+OTHER = "(other)"
+HELD_FOR_BUCKETS = ((0, "0-2m"), (3, "3-11m"), (12, "12m+"))
+
+
+@dataclass(frozen=True)
+class FeatureOptions:
+    n_bins: int = 5
+    max_levels: int = 10
+    min_share: float = 0.005
+    max_categories: int = 30
+    attributes: bool = True
+    holdings: bool = True
+    dropped: bool = True
+    held_for: bool = True
+    tier: bool = True
+    exclude: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ColumnCode:
+    """How one attribute column becomes tokens."""
+
+    column: str
+    kind: str  # "numeric" | "categorical" | "date"
+    edges: tuple[float, ...] = ()
+    levels: tuple[str, ...] = ()
+
+    @property
+    def tokens(self) -> list[str]:
+        if self.levels:
+            return [f"{self.column}={v}" for v in (*self.levels, OTHER, MISSING)]
+        bounds = [f"{e:.4g}" for e in self.edges]
+        ranges = [f"<{bounds[0]}"] if bounds else ["any"]
+        ranges += [f"[{a}, {b})" for a, b in itertools.pairwise(bounds)]
+        ranges += [f">={bounds[-1]}"] if bounds else []
+        unit = " years ago" if self.kind == "date" else ""
+        return [f"{self.column}={r}{unit}" for r in ranges] + [f"{self.column}={MISSING}"]
+
+    def codes(self, values: pd.Series, as_of: np.ndarray) -> np.ndarray:
+        """Index into `tokens` for each value."""
+        if self.levels:
+            text = _as_text(values)
+            index = pd.Index(self.levels).get_indexer(pd.Index(text))
+            return np.where(
+                text.isna(), len(self.levels) + 1, np.where(index < 0, len(self.levels), index)
+            )
+        numbers = _as_number(values, self.kind, as_of)
+        bins = np.searchsorted(np.asarray(self.edges), numbers, side="right")
+        return np.where(np.isnan(numbers), len(self.edges) + 1, bins)
+
+
+def _as_text(values: pd.Series) -> pd.Series:
+    if pd.api.types.is_float_dtype(values):
+        values = values.map(lambda v: v if pd.isna(v) else f"{v:g}")
+    text = values.astype("string").str.strip()
+    return text.mask(text == "")
+
+
+def _as_number(values: pd.Series, kind: str, as_of: np.ndarray) -> np.ndarray:
+    if kind == "date":
+        dates = pd.to_datetime(values).to_numpy(dtype="datetime64[ns]")
+        days = (as_of.astype("datetime64[ns]") - dates).astype("timedelta64[D]").astype(float)
+        return np.where(np.isnat(dates), np.nan, days / 365.25)
+    return pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+
+
+def _fit_column(column: str, values: pd.Series, as_of: np.ndarray, o: FeatureOptions) -> ColumnCode:
+    if pd.api.types.is_datetime64_any_dtype(values):
+        kind = "date"
+    elif pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        kind = "numeric"
+    else:
+        kind = "categorical"
+    if kind != "categorical":
+        numbers = _as_number(values, kind, as_of)
+        present = numbers[~np.isnan(numbers)]
+        if kind == "date" or len(np.unique(present)) > o.max_levels:
+            qs = np.linspace(0, 1, o.n_bins + 1)[1:-1]
+            edges = np.unique(np.quantile(present, qs)) if len(present) else np.array([])
+            return ColumnCode(column, kind, edges=tuple(float(e) for e in edges))
+    shares = _as_text(values).value_counts() / max(len(values), 1)
+    frequent = shares[shares >= o.min_share].index[: o.max_categories]
+    return ColumnCode(column, "categorical", levels=tuple(str(v) for v in sorted(frequent)))
+
+
+def _held_for_bucket(months: np.ndarray) -> np.ndarray:
+    """0.. per HELD_FOR_BUCKETS; censored holdings (since the first snapshot) last."""
+    bucket = np.zeros(months.shape, dtype=np.int64)
+    for i, (start, _) in enumerate(HELD_FOR_BUCKETS):
+        bucket[months >= start] = i
+    return np.where(months == CENSORED, len(HELD_FOR_BUCKETS), bucket)
+
+
+class FeatureBuilder:
+    """Encode customer states as a sparse (customers, features) indicator matrix."""
+
+    def __init__(self, options: FeatureOptions | None = None) -> None:
+        self.options = options
+
+    def fit(self, state: CustomerState, product_ids: list[str]) -> FeatureBuilder:
+        o = self.options or FeatureOptions()
+        columns = [c for c in state.attributes.columns if c not in o.exclude]
+        self.columns_ = (
+            [_fit_column(str(c), state.attributes[c], state.as_of, o) for c in columns]
+            if o.attributes
+            else []
+        )
+        self.product_ids_ = list(product_ids)
+        vocabulary = [t for code in self.columns_ for t in code.tokens]
+        self.offsets_: dict[str, int] = {}
+        buckets = [label for _, label in HELD_FOR_BUCKETS] + ["since first snapshot"]
+        blocks = {
+            "held": [f"held:{p}" for p in product_ids] if o.holdings else [],
+            "dropped": [f"dropped:{p}" for p in product_ids] if o.dropped else [],
+            "held_for": [f"held_for:{p}:{b}" for p in product_ids for b in buckets]
+            if o.held_for
+            else [],
+            "tier": [f"tier:{t}" for t in ("A", "B", "C")] if o.tier else [],
+        }
+        for name, tokens in blocks.items():
+            if tokens:
+                self.offsets_[name] = len(vocabulary)
+                vocabulary += tokens
+        self.vocabulary_ = vocabulary
+        return self
+
+    def transform(self, state: CustomerState) -> sp.csr_matrix:
+        if not hasattr(self, "vocabulary_"):
+            raise NotFittedError("FeatureBuilder is not fitted; call fit(state, product_ids)")
+        n = len(state)
+        rows: list[np.ndarray] = []
+        cols: list[np.ndarray] = []
+        offset = 0
+        for code in self.columns_:
+            rows.append(np.arange(n))
+            cols.append(offset + code.codes(state.attributes[code.column], state.as_of))
+            offset += len(code.tokens)
+        held_rows, held_products = np.nonzero(state.held)
+        if "held" in self.offsets_:
+            rows.append(held_rows)
+            cols.append(self.offsets_["held"] + held_products)
+        if "dropped" in self.offsets_:
+            r, p = np.nonzero(state.dropped)
+            rows.append(r)
+            cols.append(self.offsets_["dropped"] + p)
+        if "held_for" in self.offsets_:
+            bucket = _held_for_bucket(state.held_months[held_rows, held_products])
+            rows.append(held_rows)
+            cols.append(
+                self.offsets_["held_for"] + held_products * (len(HELD_FOR_BUCKETS) + 1) + bucket
+            )
+        if "tier" in self.offsets_:
+            rows.append(np.arange(n))
+            cols.append(
+                self.offsets_["tier"] + pd.Index(["A", "B", "C"]).get_indexer(pd.Index(state.tier))
+            )
+        r_all = np.concatenate(rows) if rows else np.array([], dtype=np.int64)
+        c_all = np.concatenate(cols) if cols else np.array([], dtype=np.int64)
+        values = np.ones(len(r_all), dtype=np.float32)
+        return sp.csr_matrix((values, (r_all, c_all)), shape=(n, len(self.vocabulary_)))
+
+    def fit_transform(self, state: CustomerState, product_ids: list[str]) -> sp.csr_matrix:
+        return self.fit(state, product_ids).transform(state)

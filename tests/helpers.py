@@ -1,0 +1,41 @@
+"""Builders for small literal bank data sets used across tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from recommender import columns as C
+from recommender.dataset import BankData, load_bank_data
+
+
+def bank(
+    holdings: list[tuple[str, str, str]],
+    customers: dict[str, dict[str, object]] | None = None,
+    products: list[str] | None = None,
+) -> BankData:
+    """BankData from (customer, product, date) rows, validated like a real directory."""
+    frame = pd.DataFrame(holdings, columns=[C.CUSTOMER_ID, C.PRODUCT_ID, C.SNAPSHOT_DATE])
+    ids = sorted({h[0] for h in holdings} | set(customers or {}))
+    attrs = pd.DataFrame([{C.CUSTOMER_ID: c, **(customers or {}).get(c, {})} for c in ids])
+    if len(attrs.columns) == 1:
+        attrs["segment"] = "individual"
+    prods = pd.DataFrame({C.PRODUCT_ID: products or sorted({h[1] for h in holdings})})
+    return write_and_load(attrs, frame, prods, Path(_tmpdir()))
+
+
+def write_and_load(
+    customers: pd.DataFrame, holdings: pd.DataFrame, products: pd.DataFrame, directory: Path
+) -> BankData:
+    directory.mkdir(parents=True, exist_ok=True)
+    customers.to_csv(directory / "customers.csv", index=False)
+    holdings.to_csv(directory / "holdings.csv", index=False)
+    products.to_csv(directory / "products.csv", index=False)
+    return load_bank_data(directory)
+
+
+def _tmpdir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="bank-")
