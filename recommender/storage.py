@@ -6,54 +6,76 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TypeAlias
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from recommender import columns as C
+from recommender.errors import DataError
+
+Table: TypeAlias = pa.Table | pd.DataFrame
 
 
-def _write(table: pa.Table, path: Path) -> None:
+def _plain(table: pa.Table) -> pa.Table:
+    """Dictionary columns decoded, for CSV."""
+    fields = [
+        pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type)
+        for f in table.schema
+    ]
+    return table.cast(pa.schema(fields))
+
+
+def _write(table: Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table, preserve_index=False)
     if path.suffix == ".csv":
-        plain = table.cast(
-            pa.schema(
-                [
-                    pa.field(
-                        f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type
-                    )
-                    for f in table.schema
-                ]
-            )
-        )
-        pacsv.write_csv(plain, path)
+        pacsv.write_csv(_plain(table), path)
     else:
         pq.write_table(table, path)
 
 
-def write_tables_atomically(tables: dict[str, pa.Table], out_dir: Path) -> list[Path]:
-    """Write `{relative name: table}` under `out_dir`, replacing same-stem tables.
+def _staging_for(out_dir: Path) -> Path:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: exists and is not a directory; choose another output")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    except OSError as exc:
+        raise DataError(f"{out_dir}: cannot create it ({exc}); check the path") from exc
 
-    Files are written into a staging folder beside `out_dir` and moved into place only
-    when all of them were written, so a failure leaves `out_dir` as it was.
+
+def _move_into(staging: Path, out_dir: Path, names: list[str]) -> list[Path]:
+    """One rename per file; a table in the other format (customers.csv) is removed."""
+    out_dir.mkdir(exist_ok=True)
+    written = []
+    for name in names:
+        target = out_dir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for ext in C.TABLE_EXTENSIONS:
+            target.with_suffix(ext).unlink(missing_ok=True) if ext != target.suffix else None
+        os.replace(staging / name, target)
+        written.append(target)
+    return written
+
+
+def write_tables_atomically(tables: dict[str, Table], out_dir: Path) -> list[Path]:
+    """Write `{relative file name: table}` under `out_dir`.
+
+    Everything is written into a staging folder beside `out_dir` first and moved into
+    place only when all files were written, so a failure leaves `out_dir` as it was.
     """
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging = _staging_for(out_dir)
     try:
         for name, table in tables.items():
             _write(table, staging / name)
-        out_dir.mkdir(exist_ok=True)
-        written = []
-        for name in tables:
-            target = out_dir / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            for ext in C.TABLE_EXTENSIONS:  # a stale customers.csv beside customers.parquet
-                stale = target.with_suffix(ext)
-                if stale != target and stale.exists():
-                    stale.unlink()
-            os.replace(staging / name, target)
-            written.append(target)
-        return written
+        return _move_into(staging, out_dir, list(tables))
+    except OSError as exc:
+        raise DataError(
+            f"{out_dir}: cannot write the data ({exc}); check space and rights"
+        ) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)

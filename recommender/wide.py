@@ -23,9 +23,6 @@ because the loader refuses to choose between them.
 from __future__ import annotations
 
 import fnmatch
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +31,7 @@ import pandas as pd
 
 from recommender import columns as C
 from recommender.errors import DataError
+from recommender.storage import Table, write_tables_atomically
 
 FORMATS = ("parquet", "csv")
 MISSING = ("", "NA")
@@ -77,12 +75,12 @@ def import_wide(
         dates = pd.Series(fixed_date, index=text.index, dtype=object)
     _check_unique(ids, dates, csv_path)
     attributes = [c for c in text.columns if c not in (customer_col, date_col, *products)]
-    tables = {
+    tables: dict[str, Table] = {
         C.CUSTOMERS: _customers(ids, dates if date_col else None, text[attributes]),
         C.HOLDINGS: _holdings(ids, dates, _held(text, products, csv_path), products),
         C.PRODUCTS: pd.DataFrame({C.PRODUCT_ID: products, C.NAME: products}, dtype=object),
     }
-    files = _write_atomically(tables, Path(out_dir), fmt)
+    files = write_tables_atomically({f"{k}.{fmt}": v for k, v in tables.items()}, Path(out_dir))
     snapshots = sorted(str(d) for d in dates.unique())
     return ImportSummary(
         int(ids.nunique()), len(tables[C.HOLDINGS]), len(products), snapshots, files
@@ -285,41 +283,3 @@ def typed_attribute(values: pd.Series) -> pd.Series:
     if dates.notna().sum() >= TYPE_SHARE * present:
         return dates
     return values
-
-
-def _write_atomically(tables: dict[str, pd.DataFrame], out_dir: Path, fmt: str) -> list[Path]:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"{out_dir}: exists and is not a directory; choose another output")
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    except OSError as exc:
-        raise DataError(f"{out_dir}: cannot create it ({exc}); check the path") from exc
-    try:
-        for stem, table in tables.items():
-            _write_table(table, staging / f"{stem}.{fmt}")
-        _move_into(staging, out_dir, list(tables), fmt)
-    except OSError as exc:
-        raise DataError(
-            f"{out_dir}: cannot write the data ({exc}); check space and rights"
-        ) from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return [out_dir / f"{stem}.{fmt}" for stem in tables]
-
-
-def _move_into(staging: Path, out_dir: Path, stems: list[str], fmt: str) -> None:
-    """Replace each table file (one rename each), dropping its copy in the other format."""
-    out_dir.mkdir(exist_ok=True)
-    for stem in stems:
-        for ext in C.TABLE_EXTENSIONS:
-            if ext != f".{fmt}":
-                (out_dir / f"{stem}{ext}").unlink(missing_ok=True)
-        os.replace(staging / f"{stem}.{fmt}", out_dir / f"{stem}.{fmt}")
-
-
-def _write_table(table: pd.DataFrame, path: Path) -> None:
-    if path.suffix == ".parquet":
-        table.to_parquet(path, index=False)
-    else:
-        table.to_csv(path, index=False)

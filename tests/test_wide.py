@@ -324,14 +324,16 @@ def test_unreadable_files(tmp_path: Path, content: bytes | None, message: str) -
 
 def fail_on_holdings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the second table write fail, as a full disk would."""
-    write = pd.DataFrame.to_parquet
+    import recommender.storage as storage
 
-    def flaky(self: pd.DataFrame, path: Path, **kwargs: Any) -> None:
+    write = storage.pq.write_table
+
+    def flaky(table: Any, path: Path, **kwargs: Any) -> None:
         if Path(path).name.startswith(C.HOLDINGS):
             raise OSError("No space left on device")
-        write(self, path, **kwargs)
+        write(table, path, **kwargs)
 
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", flaky)
+    monkeypatch.setattr(storage.pq, "write_table", flaky)
 
 
 def test_failed_write_leaves_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
