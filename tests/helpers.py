@@ -39,3 +39,21 @@ def _tmpdir() -> str:
     import tempfile
 
     return tempfile.mkdtemp(prefix="bank-")
+
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data; skipped locally when absent, a failure on CI."""
+    import os
+
+    import pytest
+
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        message = f"{path} is absent (the real data of ../shared/data; see its README)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

@@ -13,6 +13,7 @@ from recommender.models.baselines import Cooccurrence, Oracle, Popularity, Segme
 from recommender.protocol import Examples, leave_one_out_split
 from recommender.state import CustomerState
 from recommender.wide import import_wide
+from tests.helpers import shared_data
 
 ZIMNAT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "zimnat" / "train.csv"
 
@@ -88,8 +89,7 @@ def test_model_contract(model: object) -> None:
 
 @pytest.fixture(scope="module")
 def zimnat(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not ZIMNAT.exists():
-        pytest.skip(f"{ZIMNAT} not present")
+    shared_data("zimnat", "train.csv")
     out = tmp_path_factory.mktemp("zimnat") / "bank"
     import_wide(ZIMNAT, out, "ID", "P5DA:ECY3", snapshot_date="2020-01-01")
     return out

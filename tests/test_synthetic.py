@@ -10,6 +10,7 @@ from recommender import columns as C
 from recommender.catalog import penetration_table
 from recommender.dataset import load_bank_data
 from recommender.synthetic import SEGMENT_NAMES, generate, write_bank
+from tests.helpers import shared_data
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "calibration"
 
@@ -83,8 +84,7 @@ def test_written_directory_meets_the_contract(tmp_path: Path) -> None:
 
 
 def test_packaged_calibration_equals_shared_data() -> None:
-    if not SHARED.exists():
-        pytest.skip(f"{SHARED} not present")
+    shared_data("calibration")
     packaged = Path(__file__).resolve().parents[1] / "recommender" / "calibration"
     for path in SHARED.glob("*.csv"):
         assert (packaged / path.name).read_bytes() == path.read_bytes()

@@ -20,13 +20,17 @@ from recommender.wide import (
     to_iso_dates,
     typed_attribute,
 )
+from tests.helpers import shared_data
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ZIMNAT = DATA / "zimnat" / "train.csv"
 SANTANDER = DATA / "santander-sample" / "train_ver2_head9999.csv"
-needs_data = pytest.mark.skipif(
-    not DATA.is_dir(), reason=f"real data folder {DATA} is absent (see shared/data/README.md)"
-)
+needs_data = pytest.mark.usefixtures("real_data")
+
+
+@pytest.fixture
+def real_data() -> Path:
+    return shared_data()
 
 
 def expected_counts(
