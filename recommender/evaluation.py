@@ -52,7 +52,7 @@ def run_models(
     for model in models:
         if progress:
             progress(model.name)
-        model.fit(split.train)
+        model.fit(split.train, split.cube.data.products)
         items, _ = model.recommend(split.test.state, k)
         results.append(ModelResult(model.name, items))
     return results

@@ -30,18 +30,22 @@ from recommender.state import CENSORED, CustomerState
 MISSING = "(missing)"
 OTHER = "(other)"
 HELD_FOR_BUCKETS = ((0, "0-2m"), (3, "3-11m"), (12, "12m+"))
+N_HELD_CAP = 5
 
 
 @dataclass(frozen=True)
 class FeatureOptions:
-    n_bins: int = 5
-    max_levels: int = 10
-    min_share: float = 0.005
-    max_categories: int = 30
+    n_bins: int = 20
+    max_levels: int = 150
+    min_share: float = 0.001
+    max_categories: int = 250
     attributes: bool = True
     holdings: bool = True
     dropped: bool = True
     held_for: bool = True
+    held_set: bool = True
+    cross_held: bool = False  # one token per (held product, attribute token) pair
+    min_set_count: int = 20
     tier: bool = True
     exclude: tuple[str, ...] = ()
 
@@ -83,7 +87,9 @@ class ColumnCode:
 
 
 def _as_text(values: pd.Series) -> pd.Series:
-    if pd.api.types.is_float_dtype(values):
+    if pd.api.types.is_datetime64_any_dtype(values):
+        values = pd.to_datetime(values).dt.strftime("%Y-%m-%d")
+    elif pd.api.types.is_float_dtype(values):
         values = values.map(lambda v: v if pd.isna(v) else f"{v:g}")
     text = values.astype("string").str.strip()
     return text.mask(text == "")
@@ -107,13 +113,29 @@ def _fit_column(column: str, values: pd.Series, as_of: np.ndarray, o: FeatureOpt
     if kind != "categorical":
         numbers = _as_number(values, kind, as_of)
         present = numbers[~np.isnan(numbers)]
-        if kind == "date" or len(np.unique(present)) > o.max_levels:
+        if values.nunique() > o.max_levels:
             qs = np.linspace(0, 1, o.n_bins + 1)[1:-1]
             edges = np.unique(np.quantile(present, qs)) if len(present) else np.array([])
             return ColumnCode(column, kind, edges=tuple(float(e) for e in edges))
     shares = _as_text(values).value_counts() / max(len(values), 1)
     frequent = shares[shares >= o.min_share].index[: o.max_categories]
     return ColumnCode(column, "categorical", levels=tuple(str(v) for v in sorted(frequent)))
+
+
+def _set_keys(held: np.ndarray) -> np.ndarray:
+    """A key per row naming the exact set of held products (by index)."""
+    weights = 1 << np.arange(held.shape[1], dtype=np.int64)
+    return np.asarray(held.astype(np.int64) @ weights)
+
+
+def _set_name(key: int, product_ids: list[str]) -> str:
+    names = [p for i, p in enumerate(product_ids) if key >> i & 1]
+    return "+".join(names) if names else "(nothing)"
+
+
+def _frequent_sets(held: np.ndarray, min_count: int) -> list[int]:
+    keys, counts = np.unique(_set_keys(held), return_counts=True)
+    return [int(k) for k in keys[counts >= min_count]]
 
 
 def _held_for_bucket(months: np.ndarray) -> np.ndarray:
@@ -140,15 +162,28 @@ class FeatureBuilder:
         )
         self.product_ids_ = list(product_ids)
         vocabulary = [t for code in self.columns_ for t in code.tokens]
+        self.held_sets_ = _frequent_sets(state.held, o.min_set_count) if o.held_set else []
         self.offsets_: dict[str, int] = {}
         buckets = [label for _, label in HELD_FOR_BUCKETS] + ["since first snapshot"]
+        n_attr = len(vocabulary)
         blocks = {
             "held": [f"held:{p}" for p in product_ids] if o.holdings else [],
             "dropped": [f"dropped:{p}" for p in product_ids] if o.dropped else [],
             "held_for": [f"held_for:{p}:{b}" for p in product_ids for b in buckets]
             if o.held_for
             else [],
+            "held_set": [f"holds exactly:{_set_name(k, product_ids)}" for k in self.held_sets_]
+            + ["holds exactly:(other)"]
+            if o.held_set
+            else [],
+            "n_held": [f"products held:{n}" for n in range(N_HELD_CAP)]
+            + [f"products held:{N_HELD_CAP}+"]
+            if o.held_set
+            else [],
             "tier": [f"tier:{t}" for t in ("A", "B", "C")] if o.tier else [],
+            "cross_held": [f"held:{p} & {a}" for p in product_ids for a in vocabulary[:n_attr]]
+            if o.cross_held
+            else [],
         }
         for name, tokens in blocks.items():
             if tokens:
@@ -164,11 +199,19 @@ class FeatureBuilder:
         rows: list[np.ndarray] = []
         cols: list[np.ndarray] = []
         offset = 0
+        attr_cols = []
         for code in self.columns_:
             rows.append(np.arange(n))
-            cols.append(offset + code.codes(state.attributes[code.column], state.as_of))
+            attr_cols.append(offset + code.codes(state.attributes[code.column], state.as_of))
             offset += len(code.tokens)
+        cols += attr_cols
         held_rows, held_products = np.nonzero(state.held)
+        if "cross_held" in self.offsets_ and attr_cols:
+            per_row = np.column_stack(attr_cols)[held_rows]  # (held pairs, attribute columns)
+            rows.append(np.repeat(held_rows, per_row.shape[1]))
+            cols.append(
+                (self.offsets_["cross_held"] + held_products[:, None] * offset + per_row).ravel()
+            )
         if "held" in self.offsets_:
             rows.append(held_rows)
             cols.append(self.offsets_["held"] + held_products)
@@ -182,6 +225,11 @@ class FeatureBuilder:
             cols.append(
                 self.offsets_["held_for"] + held_products * (len(HELD_FOR_BUCKETS) + 1) + bucket
             )
+        if "held_set" in self.offsets_:
+            keys = pd.Index(self.held_sets_).get_indexer(pd.Index(_set_keys(state.held)))
+            rows += [np.arange(n), np.arange(n)]
+            cols.append(self.offsets_["held_set"] + np.where(keys < 0, len(self.held_sets_), keys))
+            cols.append(self.offsets_["n_held"] + np.minimum(state.held.sum(axis=1), N_HELD_CAP))
         if "tier" in self.offsets_:
             rows.append(np.arange(n))
             cols.append(

@@ -14,7 +14,7 @@ import pandas as pd
 
 from recommender import columns as C
 from recommender.dataset import BankData
-from recommender.tier import ValueTier, customer_value, segment_labels
+from recommender.tier import ValueTier, segment_labels
 
 CENSORED = -1  # held since the first snapshot on record: acquisition date unknown
 
@@ -47,6 +47,7 @@ class CustomerState:
     attributes: pd.DataFrame
     tier: np.ndarray  # "A" | "B" | "C"
     segment: np.ndarray
+    tiering: ValueTier | None = None  # recomputes `tier` when holdings change
 
     def __len__(self) -> int:
         return len(self.customer_ids)
@@ -61,6 +62,7 @@ class CustomerState:
             self.attributes.iloc[rows].reset_index(drop=True),
             self.tier[rows],
             self.segment[rows],
+            self.tiering,
         )
 
     def without(self, products: np.ndarray) -> CustomerState:
@@ -70,7 +72,10 @@ class CustomerState:
         months = self.held_months.copy()
         held[rows, products] = False
         months[rows, products] = 0
-        return replace(self, held=held, held_months=months)
+        tier = self.tier
+        if self.tiering is not None:  # breadth-based value must not see the removed product
+            tier = self.tiering.transform(self.attributes, held, months)
+        return replace(self, held=held, held_months=months, tier=tier)
 
     @staticmethod
     def concat(states: list[CustomerState]) -> CustomerState:
@@ -83,6 +88,7 @@ class CustomerState:
             pd.concat([s.attributes for s in states], ignore_index=True),
             np.concatenate([s.tier for s in states]),
             np.concatenate([s.segment for s in states]),
+            states[0].tiering if states else None,
         )
 
 
@@ -151,9 +157,17 @@ class HoldingsCube:
         attributes = self.attributes_at(t)
         as_of = np.full(len(held), np.datetime64(self.dates[t], "ns"))
         held_months = self.held_months(t)
-        value = customer_value(attributes, held, held_months, options.value_col)
-        tier = ValueTier().fit(value).transform(value)
+        tiering = ValueTier(options.value_col).fit(attributes, held, held_months)
+        tier = tiering.transform(attributes, held, held_months)
         segment = segment_labels(attributes, tier, options.segment_col)
         return CustomerState(
-            self.customer_ids, as_of, held, dropped, held_months, attributes, tier, segment
+            self.customer_ids,
+            as_of,
+            held,
+            dropped,
+            held_months,
+            attributes,
+            tier,
+            segment,
+            tiering,
         )

@@ -46,20 +46,30 @@ def customer_value(
 
 
 class ValueTier:
-    """Thresholds learnt from a population's values; A above the 80th percentile, etc."""
+    """Thresholds learnt from a population's values; A above the 80th percentile, etc.
 
-    def __init__(self, shares: dict[str, float] | None = None) -> None:
+    Value comes from `customer_value(attributes, held, held_months, value_col)`.
+    """
+
+    def __init__(
+        self, value_col: str | None = None, shares: dict[str, float] | None = None
+    ) -> None:
+        self.value_col = value_col
         self.shares = shares
 
-    def fit(self, values: np.ndarray) -> ValueTier:
+    def fit(self, attributes: pd.DataFrame, held: np.ndarray, held_months: np.ndarray) -> ValueTier:
+        values = customer_value(attributes, held, held_months, self.value_col)
         shares = self.shares or TIER_SHARES
         self.threshold_a_ = float(np.quantile(values, 1 - shares["A"]))
         self.threshold_b_ = float(np.quantile(values, 1 - shares["A"] - shares["B"]))
         return self
 
-    def transform(self, values: np.ndarray) -> np.ndarray:
+    def transform(
+        self, attributes: pd.DataFrame, held: np.ndarray, held_months: np.ndarray
+    ) -> np.ndarray:
         if not hasattr(self, "threshold_a_"):
-            raise NotFittedError("ValueTier is not fitted; call fit(values) first")
+            raise NotFittedError("ValueTier is not fitted; call fit(attributes, held, ...) first")
+        values = customer_value(attributes, held, held_months, self.value_col)
         tiers = np.full(len(values), "C", dtype=object)
         tiers[values > self.threshold_b_] = "B"
         tiers[values > self.threshold_a_] = "A"

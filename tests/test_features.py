@@ -66,7 +66,7 @@ def test_every_kind_of_attribute_gets_a_token() -> None:
 
 def test_date_becomes_age_in_years_at_the_snapshot() -> None:
     s = state(ATTRS, [[0, 0]] * 4)
-    builder = FeatureBuilder(FeatureOptions(n_bins=2)).fit(s, ["acc", "card"])
+    builder = FeatureBuilder(FeatureOptions(n_bins=2, max_levels=2)).fit(s, ["acc", "card"])
     ages = [t for t in builder.vocabulary_ if t.startswith("birth_date=")]
     assert ages[0] == "birth_date=<39 years ago" or "years ago" in ages[0]
     # customers of 34 and 44 (ages at 2024-12-31) fall on either side of the median edge
@@ -93,6 +93,21 @@ def test_options_switch_blocks_off_and_unfitted_raises() -> None:
     with pytest.raises(NotFittedError, match="call fit"):
         FeatureBuilder().transform(s)
     only_holdings = FeatureBuilder(
-        FeatureOptions(attributes=False, tier=False, held_for=False, dropped=False)
+        FeatureOptions(attributes=False, tier=False, held_for=False, dropped=False, held_set=False)
     ).fit(s, ["acc", "card"])
     assert only_holdings.vocabulary_ == ["held:acc", "held:card"]
+
+
+def test_low_cardinality_dates_and_numbers_become_categories() -> None:
+    s = state(ATTRS, [[0, 0]] * 4)
+    builder = FeatureBuilder(FeatureOptions(max_levels=5, min_share=0.2)).fit(s, ["acc", "card"])
+    assert "birth_date=1990-12-31" in active(builder, s, 0)  # a cohort, e.g. Zimnat join months
+    assert "income=10" in active(builder, s, 0)
+
+
+def test_held_set_and_count_tokens() -> None:
+    s = state(ATTRS, [[1, 1], [1, 1], [1, 0], [0, 0]])
+    builder = FeatureBuilder(FeatureOptions(min_set_count=2)).fit(s, ["acc", "card"])
+    assert "holds exactly:acc+card" in active(builder, s, 0)
+    assert "holds exactly:(other)" in active(builder, s, 2)
+    assert "products held:2" in active(builder, s, 0)

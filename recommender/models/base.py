@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from typing import ClassVar, Self
 
 import numpy as np
+import pandas as pd
 
 from recommender.errors import NotFittedError
 from recommender.protocol import Examples
@@ -21,9 +22,10 @@ from recommender.state import CustomerState
 class Recommender(ABC):
     name: ClassVar[str]
 
-    def fit(self, train: Examples) -> Self:
+    def fit(self, train: Examples, products: pd.DataFrame | None = None) -> Self:
+        """Learn from training examples; `products` is the catalog, in column order."""
         self.n_products_ = train.targets.shape[1]
-        self._fit(train)
+        self._fit(train, products)
         return self
 
     def score(self, state: CustomerState) -> np.ndarray:
@@ -39,7 +41,7 @@ class Recommender(ABC):
         return top_k(self.score(state), k, exclude)
 
     @abstractmethod
-    def _fit(self, train: Examples) -> None: ...
+    def _fit(self, train: Examples, products: pd.DataFrame | None) -> None: ...
 
     @abstractmethod
     def _score(self, state: CustomerState) -> np.ndarray: ...

@@ -18,7 +18,7 @@ class Popularity(Recommender):
 
     name = "popularity"
 
-    def _fit(self, train: Examples) -> None:
+    def _fit(self, train: Examples, products: pd.DataFrame | None) -> None:
         self.counts_ = train.targets.sum(axis=0).astype(float)
 
     def _score(self, state: CustomerState) -> np.ndarray:
@@ -37,7 +37,7 @@ class SegmentPopularity(Recommender):
     def __init__(self, prior: float = 10.0) -> None:
         self.prior = prior
 
-    def _fit(self, train: Examples) -> None:
+    def _fit(self, train: Examples, products: pd.DataFrame | None) -> None:
         targets = train.targets.astype(float)
         global_share = targets.sum(axis=0) / max(targets.sum(), 1.0)
         frame = pd.DataFrame(targets).groupby(train.state.segment).sum()
@@ -58,7 +58,7 @@ class Cooccurrence(Recommender):
 
     name = "cooccurrence"
 
-    def _fit(self, train: Examples) -> None:
+    def _fit(self, train: Examples, products: pd.DataFrame | None) -> None:
         held = train.state.held.astype(float)
         targets = train.targets.astype(float)
         together = held.T @ targets
@@ -82,7 +82,7 @@ class Oracle(Recommender):
         self.truth = truth
         self.product_ids = product_ids
 
-    def _fit(self, train: Examples) -> None:
+    def _fit(self, train: Examples, products: pd.DataFrame | None) -> None:
         wide = self.truth.pivot(index=C.CUSTOMER_ID, columns=C.PRODUCT_ID, values=C.PROBABILITY)
         missing = set(self.product_ids) - set(wide.columns.astype(str))
         if missing:
