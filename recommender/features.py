@@ -36,6 +36,7 @@ N_HELD_CAP = 5
 @dataclass(frozen=True)
 class FeatureOptions:
     n_bins: int = 20
+    coarse_bins: int = 5  # extra bins for numbers and dates that are also used as levels
     max_levels: int = 150
     min_share: float = 0.001
     max_categories: int = 250
@@ -103,7 +104,10 @@ def _as_number(values: pd.Series, kind: str, as_of: np.ndarray) -> np.ndarray:
     return pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
 
 
-def _fit_column(column: str, values: pd.Series, as_of: np.ndarray, o: FeatureOptions) -> ColumnCode:
+def _fit_column(
+    column: str, values: pd.Series, as_of: np.ndarray, o: FeatureOptions
+) -> list[ColumnCode]:
+    """One code per column; numbers and dates with few levels get a level code and bins."""
     if pd.api.types.is_datetime64_any_dtype(values):
         kind = "date"
     elif pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
@@ -113,13 +117,17 @@ def _fit_column(column: str, values: pd.Series, as_of: np.ndarray, o: FeatureOpt
     if kind != "categorical":
         numbers = _as_number(values, kind, as_of)
         present = numbers[~np.isnan(numbers)]
-        if values.nunique() > o.max_levels:
-            qs = np.linspace(0, 1, o.n_bins + 1)[1:-1]
-            edges = np.unique(np.quantile(present, qs)) if len(present) else np.array([])
-            return ColumnCode(column, kind, edges=tuple(float(e) for e in edges))
+        many = values.nunique() > o.max_levels
+        n_bins = o.n_bins if many else o.coarse_bins
+        qs = np.linspace(0, 1, n_bins + 1)[1:-1]
+        edges = np.unique(np.quantile(present, qs)) if len(present) else np.array([])
+        binned = ColumnCode(column, kind, edges=tuple(float(e) for e in edges))
+        if many:
+            return [binned]
     shares = _as_text(values).value_counts() / max(len(values), 1)
     frequent = shares[shares >= o.min_share].index[: o.max_categories]
-    return ColumnCode(column, "categorical", levels=tuple(str(v) for v in sorted(frequent)))
+    levels = ColumnCode(column, "categorical", levels=tuple(str(v) for v in sorted(frequent)))
+    return [levels] if kind == "categorical" else [levels, binned]
 
 
 def _set_keys(held: np.ndarray) -> np.ndarray:
@@ -155,11 +163,11 @@ class FeatureBuilder:
     def fit(self, state: CustomerState, product_ids: list[str]) -> FeatureBuilder:
         o = self.options or FeatureOptions()
         columns = [c for c in state.attributes.columns if c not in o.exclude]
-        self.columns_ = (
-            [_fit_column(str(c), state.attributes[c], state.as_of, o) for c in columns]
-            if o.attributes
-            else []
-        )
+        self.columns_ = [
+            code
+            for c in (columns if o.attributes else [])
+            for code in _fit_column(str(c), state.attributes[c], state.as_of, o)
+        ]
         self.product_ids_ = list(product_ids)
         vocabulary = [t for code in self.columns_ for t in code.tokens]
         self.held_sets_ = _frequent_sets(state.held, o.min_set_count) if o.held_set else []

@@ -21,6 +21,7 @@ TEMPORAL = "temporal"
 LEAVE_ONE_OUT = "leave-one-out"
 AUTO = "auto"
 PROTOCOLS = (AUTO, TEMPORAL, LEAVE_ONE_OUT)
+CALIBRATION_ROWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Split:
     test: Examples
     n_candidates: int  # customers who could have been evaluated
     cube: HoldingsCube  # everything the models may see (nothing from the test truth)
+    calibration: Examples  # held-out pairs for probability calibration (incl. non-acquirers)
 
 
 def acquisition_examples(cube: HoldingsCube, options: StateOptions, start: int = 1) -> Examples:
@@ -58,7 +60,10 @@ def acquisition_examples(cube: HoldingsCube, options: StateOptions, start: int =
 
 
 def temporal_split(
-    data: BankData, test_date: pd.Timestamp | None = None, options: StateOptions | None = None
+    data: BankData,
+    test_date: pd.Timestamp | None = None,
+    options: StateOptions | None = None,
+    seed: int = 42,
 ) -> Split:
     options = options or StateOptions()
     full = HoldingsCube.from_data(data)
@@ -72,8 +77,11 @@ def temporal_split(
     train = acquisition_examples(history, options)
     truth = full.held[t] & ~full.held[t - 1]
     rows = np.flatnonzero(truth.any(axis=1))
-    test = Examples(history.state_at(t - 1, options).take(rows), truth[rows])
-    return Split(TEMPORAL, full.dates[t], train, test, len(full.customer_ids), history)
+    before = history.state_at(t - 1, options)
+    test = Examples(before.take(rows), truth[rows])
+    sample = np.random.default_rng(seed).permutation(len(before))[:CALIBRATION_ROWS]
+    calibration = Examples(before.take(np.sort(sample)), truth[np.sort(sample)])
+    return Split(TEMPORAL, full.dates[t], train, test, len(full.customer_ids), history, calibration)
 
 
 def leave_one_out_split(
@@ -98,7 +106,7 @@ def leave_one_out_split(
     truth[np.arange(len(test_rows)), hidden] = True
     test = Examples(state.take(test_rows).without(hidden), truth)
     train = held_product_examples(state.take(np.flatnonzero(~is_test)))
-    return Split(LEAVE_ONE_OUT, full.dates[t], train, test, int(is_test.sum()), cube)
+    return Split(LEAVE_ONE_OUT, full.dates[t], train, test, int(is_test.sum()), cube, test)
 
 
 def held_product_examples(state: CustomerState) -> Examples:
@@ -109,17 +117,30 @@ def held_product_examples(state: CustomerState) -> Examples:
     return Examples(state.take(rows).without(products), targets)
 
 
+def refit_examples(data: BankData, protocol: str, options: StateOptions | None = None) -> Examples:
+    """All training examples the data holds, the test snapshot included (for the final fit)."""
+    options = options or StateOptions()
+    cube = HoldingsCube.from_data(data)
+    if resolve(protocol, data) == TEMPORAL:
+        return acquisition_examples(cube, options)
+    return held_product_examples(cube.state_at(len(cube.dates) - 1, options))
+
+
+def resolve(protocol: str, data: BankData) -> str:
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    if protocol == AUTO:
+        return TEMPORAL if len(data.snapshots) >= 3 else LEAVE_ONE_OUT
+    return protocol
+
+
 def split(
     data: BankData,
     protocol: str = AUTO,
     test_date: pd.Timestamp | None = None,
     options: StateOptions | None = None,
 ) -> Split:
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
-    if protocol == AUTO:
-        protocol = TEMPORAL if len(data.snapshots) >= 3 else LEAVE_ONE_OUT
-    if protocol == TEMPORAL:
+    if resolve(protocol, data) == TEMPORAL:
         return temporal_split(data, test_date, options)
     return leave_one_out_split(data, test_date, options)
 

@@ -14,6 +14,7 @@ training, is scored from their current features.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -22,12 +23,15 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recommender import columns as C
-from recommender.errors import ConfigError, ModelFitError
+from recommender.errors import ConfigError, ModelFitError, NotFittedError
+from recommender.explanation import top_reasons
 from recommender.features import FeatureBuilder, FeatureOptions
 from recommender.models.base import Recommender
+from recommender.probability import ProbabilityCalibrator
 from recommender.protocol import Examples
 from recommender.state import CustomerState
 
+HELD_WEIGHT = 1e-9
 LOSSES = ("warp", "bpr", "warp-kos", "logistic")
 ITEM_ATTRIBUTES = (C.CATEGORY, C.RISK_LEVEL, "family")
 
@@ -44,7 +48,8 @@ class HybridConfig:
     item_alpha: float = 1e-6
     max_sampled: int = 10
     random_state: int = 42
-    num_threads: int = 0  # 0: all cores
+    num_threads: int = 0  # 0: all cores (members are fitted in parallel)
+    ensemble: int = 2  # members with seeds random_state, random_state+1, ...; scores averaged
     item_features: bool = True  # category, risk level, family besides the product id
     normalize: bool = False  # scale each customer's feature row to sum 1
     features: FeatureOptions = field(default_factory=FeatureOptions)
@@ -52,7 +57,7 @@ class HybridConfig:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ConfigError(f"loss {self.loss!r} is not one of {', '.join(LOSSES)}")
-        for name in ("no_components", "epochs", "max_sampled"):
+        for name in ("no_components", "epochs", "max_sampled", "ensemble"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
         if self.learning_rate <= 0:
@@ -116,20 +121,37 @@ class HybridModel(Recommender):
         self.config = config
 
     def _fit(self, train: Examples, products: pd.DataFrame | None) -> None:
-        from lightfm import LightFM
-
         cfg = self.config or HybridConfig()
         if products is None:
             products = pd.DataFrame({C.PRODUCT_ID: [str(i) for i in range(self.n_products_)]})
         self.builder_ = FeatureBuilder(cfg.features).fit(
             train.state, [str(p) for p in products[C.PRODUCT_ID]]
         )
+        self.product_names_ = _names(products)
         self.item_features_, self.item_vocabulary_ = item_feature_matrix(
             products, cfg.item_features
         )
         users = self._user_features(train.state, cfg)
-        interactions = sp.coo_matrix(train.targets.astype(np.float32))
+        interactions, weights = _interactions(train)
         threads = cfg.num_threads or _cpu_count()
+        seeds = [cfg.random_state + m for m in range(cfg.ensemble)]
+        with ThreadPoolExecutor(max_workers=min(threads, cfg.ensemble)) as pool:
+            fitted = list(
+                pool.map(lambda seed: self._fit_one(seed, cfg, users, interactions, weights), seeds)
+            )
+        self._keep_embeddings(fitted)
+
+    def _fit_one(
+        self,
+        seed: int,
+        cfg: HybridConfig,
+        users: sp.csr_matrix,
+        interactions: sp.coo_matrix,
+        weights: sp.coo_matrix,
+    ) -> Any:
+        """One LightFM fit on one thread, so the result depends only on the seed."""
+        from lightfm import LightFM
+
         model = LightFM(
             no_components=cfg.no_components,
             loss=cfg.loss,
@@ -137,22 +159,29 @@ class HybridModel(Recommender):
             user_alpha=cfg.user_alpha,
             item_alpha=cfg.item_alpha,
             max_sampled=cfg.max_sampled,
-            random_state=np.random.RandomState(cfg.random_state),
+            random_state=np.random.RandomState(seed),
         )
-        model.fit(
+        return model.fit(
             interactions,
+            sample_weight=weights,
             user_features=users,
             item_features=self.item_features_,
             epochs=cfg.epochs,
-            num_threads=threads,
+            num_threads=1,
         )
-        self._keep_embeddings(model)
 
-    def _keep_embeddings(self, model: Any) -> None:
-        self.user_embeddings_ = np.asarray(model.user_embeddings, dtype=np.float64)
-        self.user_biases_ = np.asarray(model.user_biases, dtype=np.float64)
-        self.item_repr_ = self.item_features_ @ np.asarray(model.item_embeddings, dtype=np.float64)
-        self.item_bias_ = self.item_features_ @ np.asarray(model.item_biases, dtype=np.float64)
+    def _keep_embeddings(self, models: list[Any]) -> None:
+        """Average of the members' scores, stored as one model with stacked embeddings."""
+        m = len(models)
+        items = self.item_features_
+        self.user_embeddings_ = np.hstack(
+            [np.asarray(x.user_embeddings, np.float64) for x in models]
+        )
+        self.user_biases_ = sum(np.asarray(x.user_biases, np.float64) for x in models) / m
+        self.item_repr_ = (
+            np.hstack([items @ np.asarray(x.item_embeddings, np.float64) for x in models]) / m
+        )
+        self.item_bias_ = sum(items @ np.asarray(x.item_biases, np.float64) for x in models) / m
         if not (np.isfinite(self.user_embeddings_).all() and np.isfinite(self.item_repr_).all()):
             raise ModelFitError(
                 "LightFM produced NaN or infinite embeddings; lower learning_rate or raise "
@@ -173,15 +202,62 @@ class HybridModel(Recommender):
         scores: np.ndarray = users @ self.item_repr_.T + self.item_bias_ + bias[:, None]
         return scores
 
-    def contributions(self, state: CustomerState, product: int) -> tuple[sp.csr_matrix, np.ndarray]:
-        """Per-feature contributions to each row's score for `product`, and the base.
+    def contributions(
+        self, state: CustomerState, products: np.ndarray, relative: bool = False
+    ) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Per-feature contributions to row i's score for product `products[i]`, and the base.
 
-        Row sums of the (customers, features) matrix plus `base` equal `score(...)[:, product]`.
+        Row sums of the (customers, features) matrix plus `base` equal the scores exactly.
+        With `relative`, each feature's contribution is measured against its mean over all
+        products (what makes this product stand out), and the sum equals the score minus
+        the customer's mean score.
         """
         x = self._user_features(state, self.config or HybridConfig())
-        per_feature = self.user_embeddings_ @ self.item_repr_[product] + self.user_biases_
-        base = np.full(len(state), self.item_bias_[product])
-        return sp.csr_matrix(x.multiply(per_feature[None, :])), base
+        per_feature = self.user_embeddings_ @ self.item_repr_.T + self.user_biases_[:, None]
+        base = self.item_bias_
+        if relative:
+            per_feature = per_feature - per_feature.mean(axis=1, keepdims=True)
+            base = base - base.mean()
+        rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
+        values = x.data * per_feature[x.indices, products[rows]]
+        parts = sp.csr_matrix((values, x.indices, x.indptr), shape=x.shape)
+        return parts, base[products]
+
+    def calibrate(self, calibrator: ProbabilityCalibrator) -> HybridModel:
+        """Attach a calibrator fitted on held-out scores (see `probability.fit_calibrator`)."""
+        self.calibrator_ = calibrator
+        return self
+
+    def predict_proba(self, state: CustomerState, scores: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated acquisition probabilities, one per (customer, product)."""
+        if not hasattr(self, "calibrator_"):
+            raise NotFittedError("HybridModel has no calibrator; call calibrate(...) first")
+        return self.calibrator_.predict(self.score(state) if scores is None else scores)
+
+    def reasons(self, state: CustomerState, items: np.ndarray, n: int = 3) -> list[list[list[str]]]:
+        """Words for each recommended item: `reasons[row][rank]` is a list of up to n."""
+        out: list[list[list[str]]] = [[] for _ in range(len(state))]
+        for rank in range(items.shape[1]):
+            products = np.maximum(items[:, rank], 0)
+            parts, _ = self.contributions(state, products, relative=True)
+            words = top_reasons(parts, self.builder_.vocabulary_, self.product_names_, n)
+            for row in range(len(state)):
+                out[row].append(words[row] if items[row, rank] >= 0 else [])
+        return out
+
+
+def _names(products: pd.DataFrame) -> dict[str, str]:
+    names = products[C.NAME] if C.NAME in products.columns else products[C.PRODUCT_ID]
+    return {str(p): str(n) for p, n in zip(products[C.PRODUCT_ID], names, strict=True)}
+
+
+def _interactions(train: Examples) -> tuple[sp.coo_matrix, sp.coo_matrix]:
+    """Acquired products are positives; held products are listed with a negligible weight
+    so WARP never samples them as negatives (they are never offered anyway)."""
+    listed = sp.coo_matrix((train.targets | train.state.held).astype(np.float32))
+    acquired = train.targets[listed.row, listed.col]
+    weights = np.where(acquired, 1.0, HELD_WEIGHT).astype(np.float32)
+    return listed, sp.coo_matrix((weights, (listed.row, listed.col)), shape=listed.shape)
 
 
 def _cpu_count() -> int:

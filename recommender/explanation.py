@@ -1,0 +1,100 @@
+"""Reasons in words: the features that pushed a product up for a customer.
+
+A hybrid score is exactly a sum of per-feature contributions plus the product's base
+(`HybridModel.contributions`); the largest positive contributions become short reasons
+such as "holds a payroll account", "segment: top" or "recently closed direct debit".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import numpy as np
+import scipy.sparse as sp
+
+AGE_COLUMNS = {"birth_date": "age", "birth_year": "born", "fecha_nacimiento": "age"}
+TENURE_COLUMNS = {"join_date": "client for", "fecha_alta": "client for"}
+_RANGE = re.compile(r"^\[(?P<a>[^,]+), (?P<b>[^)]+)\)(?P<unit>.*)$")
+
+
+def _a(name: str) -> str:
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
+def _value_words(value: str) -> str:
+    """'[24.1, 32.2) years ago' -> '24-32 years'; '<5' -> 'under 5'; '>=5' -> '5 or more'."""
+    years = value.endswith(" years ago")
+    core = value.removesuffix(" years ago")
+    unit = " years" if years else ""
+    if core in ("(missing)", "(other)"):
+        return "unknown" if core == "(missing)" else "other"
+    match = _RANGE.match(core)
+    if match:
+        a, b = (_short_number(match["a"]), _short_number(match["b"]))
+        return f"{a}-{b}{unit}"
+    if core.startswith(">="):
+        return f"{_short_number(core[2:])}{unit} or more"
+    if core.startswith("<"):
+        return f"under {_short_number(core[1:])}{unit}"
+    return core
+
+
+def _short_number(text: str) -> str:
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return f"{number:,.0f}" if abs(number) >= 10 else f"{number:.3g}"
+
+
+def describe(token: str, names: Mapping[str, str]) -> str:
+    """Words for one feature token; `names` maps product ids to product names."""
+    kind, _, rest = token.partition(":")
+    if kind == "held" and "&" not in rest:
+        return f"holds {_a(names.get(rest, rest))}"
+    if kind == "dropped":
+        return f"recently closed {names.get(rest, rest)}"
+    if kind == "held_for":
+        product, _, bucket = rest.rpartition(":")
+        name = names.get(product, product)
+        if bucket == "0-2m":
+            return f"opened {_a(name)} in the last 3 months"
+        return f"has held {_a(name)} {'since before our records' if 'since' in bucket else bucket}"
+    if kind == "holds exactly":
+        held = [names.get(p, p) for p in rest.split("+")] if rest != "(nothing)" else []
+        return "holds only " + " and ".join(held) if held else "holds no products yet"
+    if kind == "products held":
+        return f"holds {rest} products"
+    if kind == "tier":
+        return f"value tier {rest}"
+    column, _, value = token.partition("=")
+    if column in AGE_COLUMNS and "years ago" in value:
+        return f"{AGE_COLUMNS[column]} {_value_words(value)}"
+    if column in TENURE_COLUMNS and "years ago" in value:
+        return f"{TENURE_COLUMNS[column]} {_value_words(value)}"
+    return f"{column.replace('_', ' ')}: {_value_words(value)}"
+
+
+def _uninformative(token: str) -> bool:
+    """Missing or 'other' values are no reason to offer anything."""
+    return token.endswith("(missing)") or token.endswith("(other)")
+
+
+def top_reasons(
+    contributions: sp.csr_matrix,
+    vocabulary: list[str],
+    names: Mapping[str, str],
+    n: int = 3,
+) -> list[list[str]]:
+    """For each row, words for the `n` largest positive contributions."""
+    out = []
+    for row in range(contributions.shape[0]):
+        start, end = contributions.indptr[row], contributions.indptr[row + 1]
+        values = contributions.data[start:end]
+        features = contributions.indices[start:end]
+        order = np.argsort(-values, kind="stable")
+        useful = [i for i in order if values[i] > 0 and not _uninformative(vocabulary[features[i]])]
+        chosen = [features[i] for i in useful[:n]]
+        out.append([describe(vocabulary[j], names) for j in chosen])
+    return out
