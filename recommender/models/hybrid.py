@@ -177,11 +177,13 @@ class HybridModel(Recommender):
         self.user_embeddings_ = np.hstack(
             [np.asarray(x.user_embeddings, np.float64) for x in models]
         )
-        self.user_biases_ = sum(np.asarray(x.user_biases, np.float64) for x in models) / m
+        self.user_biases_ = np.mean([np.asarray(x.user_biases, np.float64) for x in models], axis=0)
         self.item_repr_ = (
             np.hstack([items @ np.asarray(x.item_embeddings, np.float64) for x in models]) / m
         )
-        self.item_bias_ = sum(items @ np.asarray(x.item_biases, np.float64) for x in models) / m
+        self.item_bias_ = np.mean(
+            [items @ np.asarray(x.item_biases, np.float64) for x in models], axis=0
+        )
         if not (np.isfinite(self.user_embeddings_).all() and np.isfinite(self.item_repr_).all()):
             raise ModelFitError(
                 "LightFM produced NaN or infinite embeddings; lower learning_rate or raise "
