@@ -65,7 +65,7 @@ def describe(token: str, names: Mapping[str, str]) -> str:
         held = [names.get(p, p) for p in rest.split("+")] if rest != "(nothing)" else []
         return "holds only " + " and ".join(held) if held else "holds no products yet"
     if kind == "products held":
-        return f"holds {rest} products"
+        return f"holds {rest} product{'' if rest == '1' else 's'}"
     if kind == "tier":
         return f"value tier {rest}"
     column, _, value = token.partition("=")

@@ -1,62 +1,76 @@
 """Calibrated acquisition probabilities from ranking scores.
 
 A ranking model's scores order products but are not probabilities. A calibrator is fit on
-held-out (state, product) pairs — scores of products the customer did not hold, labelled
-1 when acquired — and maps any score to a probability, so offers can be ranked by
-probability x margin. Isotonic regression (monotone, no shape assumed) by default;
-Platt scaling (a logistic curve) as the alternative.
+held-out (customer, product) pairs — products the customer did not hold, labelled 1 when
+acquired — and maps scores to probabilities, so offers can be ranked by probability x
+margin.
 """
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from recommender.errors import ConfigError, ModelFitError, NotFittedError
 
-METHODS = ("isotonic", "platt")
+METHODS = ("rank", "isotonic", "platt")
 
 
 class ProbabilityCalibrator:
-    def __init__(self, method: str = "isotonic") -> None:
+    """Maps a customer's product scores to acquisition probabilities.
+
+    `rank` (default): a logistic model on the product and its rank in the customer's list.
+    Ranks mean the same for any refit of the model, so a calibrator fitted on held-out
+    scores of one fit stays valid for the next. `isotonic` / `platt`: on raw scores.
+    Held products get probability 0.
+    """
+
+    def __init__(self, method: str = "rank") -> None:
         if method not in METHODS:
-            raise ConfigError(f"calibration method {method!r}: use {' or '.join(METHODS)}")
+            raise ConfigError(f"calibration method {method!r}: use one of {', '.join(METHODS)}")
         self.method = method
 
-    def fit(self, scores: np.ndarray, labels: np.ndarray) -> Self:
-        scores = np.asarray(scores, dtype=float).ravel()
-        labels = np.asarray(labels, dtype=float).ravel()
+    def fit(self, scores: np.ndarray, held: np.ndarray, targets: np.ndarray) -> Self:
+        labels = targets[~held].astype(float)
         if len(np.unique(labels)) < 2:
             raise ModelFitError("calibration needs both acquired and not-acquired examples")
+        self.n_products_ = scores.shape[1]
+        x = self._design(scores, held)
         if self.method == "isotonic":
-            model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
-            model.fit(scores, labels)
+            self.model_: Any = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+            self.model_.fit(x.ravel(), labels)
         else:
-            model = LogisticRegression().fit(scores[:, None], labels)
-        self.model_ = model
-        self.base_rate_ = float(labels.mean())
+            self.model_ = LogisticRegression(max_iter=1000).fit(x, labels)
         return self
 
-    def predict(self, scores: np.ndarray) -> np.ndarray:
+    def predict(self, scores: np.ndarray, held: np.ndarray) -> np.ndarray:
         if not hasattr(self, "model_"):
-            raise NotFittedError("ProbabilityCalibrator is not fitted; call fit(scores, labels)")
-        flat = np.asarray(scores, dtype=float).ravel()
+            raise NotFittedError("ProbabilityCalibrator is not fitted; call fit(...) first")
+        x = self._design(scores, held)
         if self.method == "isotonic":
-            p = self.model_.predict(flat)
+            p = self.model_.predict(x.ravel())
         else:
-            p = self.model_.predict_proba(flat[:, None])[:, 1]
-        return np.asarray(p, dtype=float).reshape(np.shape(scores))
+            p = self.model_.predict_proba(x)[:, 1]
+        out = np.zeros(scores.shape)
+        out[~held] = p
+        return out
 
-
-def calibration_pairs(
-    scores: np.ndarray, held: np.ndarray, targets: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and 0/1 labels of every (customer, product) the customer did not hold."""
-    open_pairs = ~held
-    return scores[open_pairs], targets[open_pairs].astype(float)
+    def _design(self, scores: np.ndarray, held: np.ndarray) -> Any:
+        """Features of every open (customer, product) pair, in row-major order."""
+        if self.method != "rank":
+            return scores[~held][:, None]
+        masked = np.where(held, -np.inf, scores)
+        ranks = np.argsort(np.argsort(-masked, axis=1, kind="stable"), axis=1)
+        rows, products = np.nonzero(~held)
+        n = len(rows)
+        p = self.n_products_
+        data = np.ones(2 * n)
+        cols = np.concatenate([products, p + ranks[rows, products]])
+        return sp.csr_matrix((data, (np.tile(np.arange(n), 2), cols)), shape=(n, 2 * p))
 
 
 def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = 10) -> dict[str, float]:
@@ -75,17 +89,15 @@ def fit_calibrator(
     scores: np.ndarray,
     held: np.ndarray,
     targets: np.ndarray,
-    method: str = "isotonic",
+    method: str = "rank",
     seed: int = 0,
 ) -> tuple[ProbabilityCalibrator, dict[str, float]]:
     """Fit on a random half of the customers, report reliability on the other half."""
     order = np.random.default_rng(seed).permutation(len(scores))
-    fit_rows, check_rows = np.array_split(order, 2)
+    fit_rows, check_rows = (np.sort(part) for part in np.array_split(order, 2))
     calibrator = ProbabilityCalibrator(method).fit(
-        *calibration_pairs(scores[fit_rows], held[fit_rows], targets[fit_rows])
+        scores[fit_rows], held[fit_rows], targets[fit_rows]
     )
-    check_scores, labels = calibration_pairs(
-        scores[check_rows], held[check_rows], targets[check_rows]
-    )
-    quality = reliability(calibrator.predict(check_scores), labels)
-    return calibrator, quality
+    open_pairs = ~held[check_rows]
+    predicted = calibrator.predict(scores[check_rows], held[check_rows])[open_pairs]
+    return calibrator, reliability(predicted, targets[check_rows][open_pairs])

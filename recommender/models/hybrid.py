@@ -5,10 +5,11 @@ tier, holdings and holdings history, encoded by `FeatureBuilder`) with the acqui
 products as positives. LightFM learns an embedding and a bias for every customer feature
 and product feature; a state's score for product i is
 
-    score(u, i) = sum_f x_uf * (e_f . q_i + b_f) + b_i,    q_i = sum_g y_ig * e_g
+    score(u, i) = sum_f x_uf * (e_f . q_i) + b_i,    q_i = sum_g y_ig * e_g
 
 so it decomposes exactly into one contribution per active customer feature plus the
-product's own bias (see `contributions`). Any customer, including one never seen in
+product's own bias (see `contributions`). LightFM's customer-feature biases add the same
+amount to every product of a customer; they cannot change a ranking and are left out. Any customer, including one never seen in
 training, is scored from their current features.
 """
 
@@ -177,7 +178,6 @@ class HybridModel(Recommender):
         self.user_embeddings_ = np.hstack(
             [np.asarray(x.user_embeddings, np.float64) for x in models]
         )
-        self.user_biases_ = np.mean([np.asarray(x.user_biases, np.float64) for x in models], axis=0)
         self.item_repr_ = (
             np.hstack([items @ np.asarray(x.item_embeddings, np.float64) for x in models]) / m
         )
@@ -199,9 +199,7 @@ class HybridModel(Recommender):
 
     def _score(self, state: CustomerState) -> np.ndarray:
         x = self._user_features(state, self.config or HybridConfig())
-        users = x @ self.user_embeddings_
-        bias = x @ self.user_biases_
-        scores: np.ndarray = users @ self.item_repr_.T + self.item_bias_ + bias[:, None]
+        scores: np.ndarray = (x @ self.user_embeddings_) @ self.item_repr_.T + self.item_bias_
         return scores
 
     def contributions(
@@ -215,7 +213,7 @@ class HybridModel(Recommender):
         the customer's mean score.
         """
         x = self._user_features(state, self.config or HybridConfig())
-        per_feature = self.user_embeddings_ @ self.item_repr_.T + self.user_biases_[:, None]
+        per_feature = self.user_embeddings_ @ self.item_repr_.T
         base = self.item_bias_
         if relative:
             per_feature = per_feature - per_feature.mean(axis=1, keepdims=True)
@@ -234,7 +232,7 @@ class HybridModel(Recommender):
         """Calibrated acquisition probabilities, one per (customer, product)."""
         if not hasattr(self, "calibrator_"):
             raise NotFittedError("HybridModel has no calibrator; call calibrate(...) first")
-        return self.calibrator_.predict(self.score(state) if scores is None else scores)
+        return self.calibrator_.predict(self.score(state) if scores is None else scores, state.held)
 
     def reasons(self, state: CustomerState, items: np.ndarray, n: int = 3) -> list[list[list[str]]]:
         """Words for each recommended item: `reasons[row][rank]` is a list of up to n."""

@@ -1,0 +1,125 @@
+"""Everything needed to score customers, in one object that is saved with the model.
+
+A `ModelBundle` holds the calibrated hybrid model, the product catalog, how value tiers
+and segments are derived, and the snapshot it was trained up to. It turns customer
+records (known customers or cold-start clients: attributes plus held product ids) into
+states and states into ranked, explained offers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recommender import columns as C
+from recommender.errors import ConfigError
+from recommender.models.hybrid import HybridModel
+from recommender.ranking import top_k
+from recommender.state import CENSORED, CustomerState, StateOptions
+from recommender.tier import ValueTier, segment_labels
+
+HOLDINGS = "holdings"
+DROPPED = "dropped"
+AS_OF = "as_of"
+EXPECTED_VALUE = "expected_value"
+OBJECTIVES = ("propensity", "expected_value")
+
+
+@dataclass
+class ModelBundle:
+    model: HybridModel
+    products: pd.DataFrame
+    tiering: ValueTier
+    options: StateOptions
+    as_of: pd.Timestamp
+    attribute_columns: list[str]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def product_ids(self) -> list[str]:
+        return [str(p) for p in self.products[C.PRODUCT_ID]]
+
+    @property
+    def margins(self) -> np.ndarray:
+        if C.MARGIN not in self.products.columns:
+            return np.ones(len(self.products))
+        return self.products[C.MARGIN].fillna(0).to_numpy(dtype=float)
+
+    def state_from_frame(self, frame: pd.DataFrame) -> CustomerState:
+        """States from records: customer_id, attributes, `holdings` / `dropped` product lists.
+
+        Holding dates are unknown for such records, so every holding counts as held
+        since before the records. Unknown product ids are an error naming them.
+        """
+        n = len(frame)
+        held = self._product_matrix(frame.get(HOLDINGS), n)
+        dropped = self._product_matrix(frame.get(DROPPED), n) & ~held
+        months = np.where(held, CENSORED, 0).astype(np.int16)
+        attributes = frame.reindex(columns=self.attribute_columns).reset_index(drop=True)
+        as_of = pd.to_datetime(frame[AS_OF]) if AS_OF in frame.columns else None
+        dates = np.full(n, np.datetime64(self.as_of, "ns"))
+        if as_of is not None:
+            dates = np.where(as_of.isna(), dates, as_of.to_numpy(dtype="datetime64[ns]"))
+        tier = self.tiering.transform(attributes, held, months)
+        segment = segment_labels(attributes, tier, self.options.segment_col)
+        ids = frame[C.CUSTOMER_ID].astype(str).to_numpy(dtype=object)
+        return CustomerState(ids, dates, held, dropped, months, attributes, tier, segment,
+                             self.tiering)  # fmt: skip
+
+    def _product_matrix(self, lists: pd.Series | None, n: int) -> np.ndarray:
+        out = np.zeros((n, len(self.product_ids)), dtype=bool)
+        if lists is None:
+            return out
+        index = {p: i for i, p in enumerate(self.product_ids)}
+        for row, items in enumerate(lists):
+            for item in _as_list(items):
+                if item not in index:
+                    raise ConfigError(
+                        f"unknown product {item!r}; known products: {', '.join(self.product_ids)}"
+                    )
+                out[row, index[item]] = True
+        return out
+
+    def recommend(
+        self,
+        state: CustomerState,
+        k: int = 7,
+        objective: str = "propensity",
+        explain: bool = True,
+        exclude: np.ndarray | None = None,
+    ) -> pd.DataFrame:
+        """Long table: customer_id, rank, product_id, score, probability, expected_value,
+        reason; held (and `exclude`d) products are never offered."""
+        if objective not in OBJECTIVES:
+            raise ConfigError(f"objective {objective!r}: use {' or '.join(OBJECTIVES)}")
+        scores = self.model.score(state)
+        probability = self.model.predict_proba(state, scores)
+        value = probability * self.margins
+        key = scores if objective == "propensity" else value
+        blocked = state.held if exclude is None else state.held | exclude
+        items, _ = top_k(key, k, blocked)
+        rows, ranks = np.nonzero(items >= 0)
+        chosen = items[rows, ranks]
+        frame = pd.DataFrame({
+            C.CUSTOMER_ID: state.customer_ids[rows],
+            C.RANK: ranks + 1,
+            C.PRODUCT_ID: np.asarray(self.product_ids, dtype=object)[chosen],
+            C.SCORE: scores[rows, chosen],
+            C.PROBABILITY: probability[rows, chosen],
+            EXPECTED_VALUE: value[rows, chosen],
+        })  # fmt: skip
+        if explain:
+            reasons = self.model.reasons(state, items)
+            frame[C.REASON] = ["; ".join(reasons[r][j]) for r, j in zip(rows, ranks, strict=True)]
+        return frame
+
+
+def _as_list(items: Any) -> list[str]:
+    if items is None or (isinstance(items, float) and np.isnan(items)):
+        return []
+    if isinstance(items, str):
+        return [p.strip() for p in items.split(";") if p.strip()]
+    return [str(p).strip() for p in items]
