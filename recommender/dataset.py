@@ -6,6 +6,8 @@ A bank data directory holds `customers`, `holdings` and optionally `products`, e
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -290,3 +292,35 @@ def load_bank_data(directory: str | Path) -> BankData:
         f"add those customers to {customers_path.name} or remove their holdings",
     )
     return BankData(customers, holdings, products, directory)
+
+
+def fingerprint(data: BankData) -> dict[str, object]:
+    """What identifies the data a model was trained on: file hashes, counts, snapshots.
+
+    `id` is one hash over all of it; two runs with the same `id` saw the same data.
+    """
+    files: dict[str, str] = {}
+    if data.directory is not None:
+        for stem in (C.CUSTOMERS, C.HOLDINGS, C.PRODUCTS):
+            path = find_table(data.directory, stem, required=False)
+            if path is not None:
+                files[path.name] = _sha256(path)
+    facts: dict[str, object] = {
+        "files": files,
+        "rows": {
+            C.CUSTOMERS: len(data.customers),
+            C.HOLDINGS: len(data.holdings),
+            C.PRODUCTS: len(data.products),
+        },
+        "snapshots": [d.date().isoformat() for d in data.snapshots],
+    }
+    digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+    return {"id": digest[:16], **facts}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

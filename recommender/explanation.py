@@ -15,6 +15,7 @@ import scipy.sparse as sp
 
 AGE_COLUMNS = {"birth_date": "age", "birth_year": "born", "fecha_nacimiento": "age"}
 TENURE_COLUMNS = {"join_date": "client for", "fecha_alta": "client for"}
+CHUNK = 20_000
 _RANGE = re.compile(r"^\[(?P<a>[^,]+), (?P<b>[^)]+)\)(?P<unit>.*)$")
 
 
@@ -87,14 +88,14 @@ def top_reasons(
     names: Mapping[str, str],
     n: int = 3,
 ) -> list[list[str]]:
-    """For each row, words for the `n` largest positive contributions."""
-    out = []
-    for row in range(contributions.shape[0]):
-        start, end = contributions.indptr[row], contributions.indptr[row + 1]
-        values = contributions.data[start:end]
-        features = contributions.indices[start:end]
-        order = np.argsort(-values, kind="stable")
-        useful = [i for i in order if values[i] > 0 and not _uninformative(vocabulary[features[i]])]
-        chosen = [features[i] for i in useful[:n]]
-        out.append([describe(vocabulary[j], names) for j in chosen])
+    """For each row, words for the `n` largest positive contributions (vectorised)."""
+    words = np.array([describe(token, names) for token in vocabulary], dtype=object)
+    useless = np.array([_uninformative(token) for token in vocabulary])
+    out: list[list[str]] = []
+    for start in range(0, contributions.shape[0], CHUNK):
+        dense = contributions[start : start + CHUNK].toarray()
+        dense[:, useless] = 0.0
+        top = np.argsort(-dense, axis=1, kind="stable")[:, :n]
+        positive = np.take_along_axis(dense, top, axis=1) > 0
+        out += [list(words[t[p]]) for t, p in zip(top, positive, strict=True)]
     return out

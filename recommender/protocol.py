@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from recommender import columns as C
 from recommender.dataset import BankData
 from recommender.errors import ConfigError
 from recommender.state import CustomerState, HoldingsCube, StateOptions
@@ -22,6 +23,7 @@ LEAVE_ONE_OUT = "leave-one-out"
 AUTO = "auto"
 PROTOCOLS = (AUTO, TEMPORAL, LEAVE_ONE_OUT)
 CALIBRATION_ROWS = 100_000
+VALIDATION_SEED = 7
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,23 @@ def resolve(protocol: str, data: BankData) -> str:
     if protocol == AUTO:
         return TEMPORAL if len(data.snapshots) >= 3 else LEAVE_ONE_OUT
     return protocol
+
+
+def validation_split(
+    data: BankData, protocol: str = AUTO, options: StateOptions | None = None
+) -> Split:
+    """A split for tuning that never touches the evaluation split's test truth: temporal
+    tests on the snapshot before the test snapshot; leave-one-out drops the evaluation's
+    held-out customers and holds out others with another seed."""
+    options = options or StateOptions()
+    if resolve(protocol, data) == TEMPORAL:
+        return temporal_split(data.until(data.snapshots[-2]), options=options)
+    evaluation = leave_one_out_split(data, options=options)
+    keep = ~data.customers[C.CUSTOMER_ID].isin(set(evaluation.test.state.customer_ids))
+    customers = data.customers[keep]
+    holdings = data.holdings[data.holdings[C.CUSTOMER_ID].isin(set(customers[C.CUSTOMER_ID]))]
+    rest = BankData(customers, holdings, data.products, data.directory)
+    return leave_one_out_split(rest, options=options, seed=VALIDATION_SEED)
 
 
 def split(

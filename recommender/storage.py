@@ -48,21 +48,25 @@ def _staging_for(out_dir: Path) -> Path:
         raise DataError(f"{out_dir}: cannot create it ({exc}); check the path") from exc
 
 
-def _move_into(staging: Path, out_dir: Path, names: list[str]) -> list[Path]:
-    """One rename per file; a table in the other format (customers.csv) is removed."""
+def _move_into(staging: Path, out_dir: Path, names: list[str], other_formats: bool) -> list[Path]:
+    """One rename per file; with `other_formats`, the same table in the other format
+    (a stale customers.csv beside a new customers.parquet) is removed."""
     out_dir.mkdir(exist_ok=True)
     written = []
     for name in names:
         target = out_dir / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        for ext in C.TABLE_EXTENSIONS:
-            target.with_suffix(ext).unlink(missing_ok=True) if ext != target.suffix else None
+        for ext in C.TABLE_EXTENSIONS if other_formats else ():
+            if ext != target.suffix:
+                target.with_suffix(ext).unlink(missing_ok=True)
         os.replace(staging / name, target)
         written.append(target)
     return written
 
 
-def write_tables_atomically(tables: dict[str, Table], out_dir: Path) -> list[Path]:
+def write_tables_atomically(
+    tables: dict[str, Table], out_dir: Path, other_formats: bool = True
+) -> list[Path]:
     """Write `{relative file name: table}` under `out_dir`.
 
     Everything is written into a staging folder beside `out_dir` first and moved into
@@ -72,7 +76,7 @@ def write_tables_atomically(tables: dict[str, Table], out_dir: Path) -> list[Pat
     try:
         for name, table in tables.items():
             _write(table, staging / name)
-        return _move_into(staging, out_dir, list(tables))
+        return _move_into(staging, out_dir, list(tables), other_formats)
     except OSError as exc:
         raise DataError(
             f"{out_dir}: cannot write the data ({exc}); check space and rights"

@@ -1,0 +1,1 @@
+"""Training edge: MLflow tracking, model registry, pyfunc packaging, tuning."""

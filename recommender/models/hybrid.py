@@ -9,8 +9,8 @@ and product feature; a state's score for product i is
 
 so it decomposes exactly into one contribution per active customer feature plus the
 product's own bias (see `contributions`). LightFM's customer-feature biases add the same
-amount to every product of a customer; they cannot change a ranking and are left out. Any customer, including one never seen in
-training, is scored from their current features.
+amount to every product of a customer; they cannot change a ranking and are left out.
+Any customer, including one never seen in training, is scored from their current features.
 """
 
 from __future__ import annotations

@@ -1,0 +1,73 @@
+"""PNG charts for the MLflow run: quality per model, per tier, per product."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+HIGHLIGHT = "#c0392b"
+OTHER = "#7f8c8d"
+
+
+def map_by_model(report: dict[str, Any]) -> Figure:
+    key = f"map@{report['k']}"
+    names = list(report["models"])
+    values = [report["models"][n][key] for n in names]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    bars = ax.barh(names, values, color=[HIGHLIGHT if n == "hybrid" else OTHER for n in names])
+    ax.bar_label(bars, fmt="%.3f", padding=3)
+    ax.set_xlabel(key)
+    ax.set_xlim(0, max(values) * 1.15)
+    ax.set_title(
+        f"{key} by model ({report['protocol']}, {report['n_customers_evaluated']:,} customers)"
+    )
+    ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def map_by_tier(report: dict[str, Any]) -> Figure:
+    key = f"map@{report['k']}"
+    tiers = list(report["tiers"])
+    models = list(report["models"])
+    width = 0.8 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    for i, model in enumerate(models):
+        values = [report["tiers"][t].get(model, {}).get(key, 0.0) for t in tiers]
+        ax.bar([x + i * width for x in range(len(tiers))], values, width, label=model)
+    ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(tiers))])
+    ax.set_xticklabels([f"tier {t}" for t in tiers])
+    ax.set_ylabel(key)
+    ax.set_title(f"{key} by value tier (A = top 20% of clients by value)")
+    ax.legend(fontsize=8, ncols=2)
+    fig.tight_layout()
+    return fig
+
+
+def hit_rate_by_product(hit_rates: dict[str, dict[str, float]], names: dict[str, str],
+                        k: int) -> Figure:  # fmt: skip
+    """Share of each product's acquisitions caught in the top k: hybrid vs best baseline."""
+    hybrid = hit_rates.get("hybrid", {})
+    products = sorted(hybrid, key=lambda p: hybrid[p])
+    fig, ax = plt.subplots(figsize=(7, max(3.0, 0.28 * len(products) + 1)))
+    y = range(len(products))
+    ax.barh([i + 0.2 for i in y], [hybrid[p] for p in products], 0.4, color=HIGHLIGHT,
+            label="hybrid")  # fmt: skip
+    for model in ("cooccurrence", "popularity"):
+        if model in hit_rates:
+            ax.barh([i - 0.2 for i in y], [hit_rates[model].get(p, 0.0) for p in products], 0.4,
+                    color=OTHER, label=model)  # fmt: skip
+            break
+    ax.set_yticks(list(y))
+    ax.set_yticklabels([names.get(p, p) for p in products], fontsize=8)
+    ax.set_xlabel(f"share of acquisitions in the top {k}")
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title("Hit rate by product")
+    fig.tight_layout()
+    return fig

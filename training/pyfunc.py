@@ -1,0 +1,64 @@
+"""The model as an MLflow pyfunc: records in, ranked offers out.
+
+Input: one row per customer with `customer_id`, attribute columns and `holdings` (list
+of held product ids; optional `dropped`). Params: `k`, `objective` (propensity |
+expected_value), `explain`. Output: customer_id, rank, product_id, score, probability,
+expected_value, reason.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+from recommender import columns as C
+from recommender.bundle import DROPPED, HOLDINGS, ModelBundle
+from recommender.errors import ConfigError
+
+BUNDLE_ARTIFACT = "bundle"
+DEFAULT_PARAMS: dict[str, Any] = {"k": 7, "objective": "propensity", "explain": True}
+
+
+def save_bundle(bundle: ModelBundle, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        pickle.dump(bundle, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
+
+
+def load_bundle_file(path: Path) -> ModelBundle:
+    with path.open("rb") as handle:
+        bundle = pickle.load(handle)
+    if not isinstance(bundle, ModelBundle):
+        raise ConfigError(f"{path} does not hold a model bundle")
+    return bundle
+
+
+class NextBestOfferModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
+    def load_context(self, context: Any) -> None:
+        self.bundle = load_bundle_file(Path(context.artifacts[BUNDLE_ARTIFACT]))
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+        options = {**DEFAULT_PARAMS, **(params or {})}
+        frame = pd.DataFrame(model_input)
+        state = self.bundle.state_from_frame(frame)
+        return self.bundle.recommend(
+            state, int(options["k"]), str(options["objective"]), bool(options["explain"])
+        )
+
+
+def input_example(bundle: ModelBundle, data_customers: pd.DataFrame, held: np.ndarray,
+                  n: int = 3) -> pd.DataFrame:  # fmt: skip
+    """A few real customers as pyfunc input (ids, attributes, held product lists)."""
+    frame = data_customers.head(n).reset_index(drop=True).copy()
+    ids = bundle.product_ids
+    frame[HOLDINGS] = [[ids[j] for j in np.flatnonzero(row)] for row in held[:n]]
+    frame[DROPPED] = [[] for _ in range(len(frame))]
+    keep = [C.CUSTOMER_ID, *bundle.attribute_columns, HOLDINGS, DROPPED]
+    return frame[[c for c in keep if c in frame.columns]]

@@ -1,0 +1,100 @@
+"""Model registry: register a trained version, set aliases, and the promotion gate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from recommender.errors import RecommenderError
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+TAG_METRIC = "map_at_k"
+TAG_FINGERPRINT = "data_fingerprint"
+TAG_PROTOCOL = "protocol"
+
+
+class PromotionRefused(RecommenderError):
+    """The challenger did not earn the champion alias."""
+
+
+@dataclass(frozen=True)
+class Promotion:
+    name: str
+    version: str
+    previous: str | None
+    challenger_map: float
+    champion_map: float | None
+
+
+def _client() -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def alias_version(name: str, alias: str) -> Any | None:
+    """The model version behind an alias, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _client().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def register(model_uri: str, name: str, tags: dict[str, str]) -> tuple[str, str]:
+    """Register `model_uri` as a new version of `name`; the first becomes champion, later
+    ones challenger. If setting the alias fails the new version is deleted again."""
+    import mlflow
+
+    version = mlflow.register_model(model_uri, name, tags=tags).version
+    alias = CHAMPION if alias_version(name, CHAMPION) is None else CHALLENGER
+    try:
+        _client().set_registered_model_alias(name, alias, version)
+    except Exception:
+        _client().delete_model_version(name, version)
+        raise
+    return str(version), alias
+
+
+def promote(name: str, version: str | None = None, force: bool = False) -> Promotion:
+    """Move `champion` to the challenger (or `version`) if its MAP@k on the same data
+    and protocol is at least the champion's; `force` skips the comparison."""
+    client = _client()
+    challenger = (
+        client.get_model_version(name, version) if version else alias_version(name, CHALLENGER)
+    )
+    if challenger is None:
+        raise RecommenderError(f"model {name!r} has no challenger; train one or pass --version")
+    champion = alias_version(name, CHAMPION)
+    new_map = float(challenger.tags.get(TAG_METRIC, "nan"))
+    old_map = float(champion.tags.get(TAG_METRIC, "nan")) if champion else None
+    if champion is not None and champion.version == challenger.version:
+        raise RecommenderError(f"version {challenger.version} is already the champion")
+    if champion is not None and not force:
+        _check_comparable(champion, challenger)
+        if old_map is None or not new_map >= old_map:  # also refuses NaN
+            raise PromotionRefused(
+                f"refused: challenger v{challenger.version} MAP@k {new_map:.4f} is below "
+                f"champion v{champion.version} {old_map:.4f} on the same data; "
+                "use --force to promote anyway"
+            )
+    client.set_registered_model_alias(name, CHAMPION, challenger.version)
+    if alias_version(name, CHALLENGER) is not None:
+        current = alias_version(name, CHALLENGER)
+        if current is not None and current.version == challenger.version:
+            client.delete_registered_model_alias(name, CHALLENGER)
+    previous = champion.version if champion else None
+    return Promotion(name, str(challenger.version), previous, new_map, old_map)
+
+
+def _check_comparable(champion: Any, challenger: Any) -> None:
+    for tag, what in ((TAG_FINGERPRINT, "data"), (TAG_PROTOCOL, "protocol")):
+        a, b = champion.tags.get(tag), challenger.tags.get(tag)
+        if a != b:
+            raise PromotionRefused(
+                f"refused: champion v{champion.version} and challenger v{challenger.version} "
+                f"were evaluated on different {what} ({a} vs {b}); their MAP@k are not "
+                "comparable. Retrain both on the same data, or use --force"
+            )
