@@ -64,8 +64,8 @@ def numpy_floor(
 
 def score_end_to_end(
     directory: Path, bundle: ModelBundle
-) -> tuple[dict[str, float], CustomerState, np.ndarray]:
-    """Seconds per step from reading the files to calibrated top-k; the state and items."""
+) -> tuple[dict[str, float], CustomerState]:
+    """Seconds per step from reading the files to calibrated top-k, and the state scored."""
     model = bundle.model
     marks = [time.perf_counter()]
     data = load_bank_data(directory)
@@ -76,14 +76,41 @@ def score_end_to_end(
     marks.append(time.perf_counter())
     scores = model.score(state)
     marks.append(time.perf_counter())
-    items, _ = top_k(scores, K, state.held)
+    top_k(scores, K, state.held)
     marks.append(time.perf_counter())
     model.predict_proba(state, scores)
     marks.append(time.perf_counter())
     steps = ("load_s", "cube_s", "state_s", "score_s", "top_k_s", "proba_s")
     timings = {name: b - a for name, a, b in zip(steps, marks, marks[1:], strict=False)}
     timings["end_to_end_s"] = marks[-1] - marks[0]
-    return timings, state, items
+    return timings, state
+
+
+def model_path(bundle: ModelBundle, state: CustomerState) -> tuple[float, np.ndarray]:
+    """Seconds for what the floor does plus feature encoding: score and top-k."""
+    start = time.perf_counter()
+    items, _ = top_k(bundle.model.score(state), K, state.held)
+    return time.perf_counter() - start, items
+
+
+def features(bundle: ModelBundle, state: CustomerState) -> tuple[float, sp.csr_matrix]:
+    start = time.perf_counter()
+    x = bundle.model._user_features(state, bundle.model.config or HybridConfig())
+    return time.perf_counter() - start, x
+
+
+def best_of(repeats: int, bundle: ModelBundle, state: CustomerState) -> dict[str, float]:
+    """Best seconds of the model path, its features and the floor, interleaved."""
+    runs = []
+    for _ in range(repeats):
+        model_s, model_items = model_path(bundle, state)
+        transform_s, x = features(bundle, state)
+        floor_s, floor_items = numpy_floor(x, bundle, state.held)
+        agreement = float(np.mean(model_items == floor_items))
+        runs.append((model_s, transform_s, floor_s, agreement))
+    model_s, transform_s, floor_s, agreement = (min(column) for column in zip(*runs, strict=True))
+    return {"model_s": model_s, "transform_s": transform_s, "numpy_floor_s": floor_s,
+            "agreement": agreement}  # fmt: skip
 
 
 def _print_table(rows: list[tuple[str, float]]) -> None:
@@ -98,38 +125,35 @@ def main() -> dict[str, float]:
     parser.add_argument("--months", type=int, default=3)
     parser.add_argument("--fit-customers", type=int, default=FIT_CUSTOMERS)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="best of n for model vs floor")
     args = parser.parse_args([] if __name__ != "__main__" else None)
     bundle = fitted_bundle(args.fit_customers, args.epochs)
     with tempfile.TemporaryDirectory() as tmp:
         write_bank(generate(args.customers, args.months, seed=1), Path(tmp) / "bank")
-        t, state, model_items = score_end_to_end(Path(tmp) / "bank", bundle)
-    start = time.perf_counter()
-    x = bundle.model._user_features(state, bundle.model.config or HybridConfig())
-    t["transform_s"] = time.perf_counter() - start
-    floor, floor_items = numpy_floor(x, bundle, state.held)
-    model_s = t["score_s"] + t["top_k_s"]
-    agree = float(np.mean(floor_items == model_items))
-    result = {"customers": args.customers, "numpy_floor_s": floor, "model_s": model_s,
-              "ratio_to_floor": model_s / floor, "top_k_agreement": agree, **t,
+        t, state = score_end_to_end(Path(tmp) / "bank", bundle)
+    b = best_of(args.repeats, bundle, state)
+    ratio = b["model_s"] / b["numpy_floor_s"]
+    result = {"customers": args.customers, **t, **b, "ratio_to_floor": ratio,
               "target_s": TARGET_SECONDS, "target_ratio": TARGET_RATIO}  # fmt: skip
-    fast = "OK" if model_s / floor <= TARGET_RATIO else "TOO SLOW"
+    fast = "OK" if ratio <= TARGET_RATIO else "TOO SLOW"
     verdict = "OK" if t["end_to_end_s"] < TARGET_SECONDS else "TOO SLOW"
     print(f"scoring: {args.customers:,} customers x {len(bundle.product_ids)} products, top {K}, "
           f"end to end {t['end_to_end_s']:.1f} s (target < {TARGET_SECONDS:.0f} s: {verdict}); "
-          f"model {model_s:.2f} s vs numpy floor {floor:.2f} s = {model_s / floor:.1f}x "
+          f"model {b['model_s']:.2f} s vs numpy floor {b['numpy_floor_s']:.2f} s = {ratio:.1f}x "
           f"(target <= {TARGET_RATIO:.0f}x: {fast})")  # fmt: skip
     _print_table([
         ("load_bank_data", t["load_s"]),
         ("HoldingsCube.from_data", t["cube_s"]),
         ("state_at(last)", t["state_s"]),
         ("model.score (features + products)", t["score_s"]),
-        ("  of which features (measured apart)", t["transform_s"]),
         ("top_k with held excluded", t["top_k_s"]),
         ("predict_proba (calibrated)", t["proba_s"]),
         ("end to end", t["end_to_end_s"]),
-        ("numpy floor (products + argpartition)", floor),
+        (f"best of {args.repeats}: model score + top_k", b["model_s"]),
+        (f"best of {args.repeats}: of which features", b["transform_s"]),
+        (f"best of {args.repeats}: numpy floor", b["numpy_floor_s"]),
     ])  # fmt: skip
-    print(f"top-{K} items identical to the floor's: {agree:.2%}")
+    print(f"top-{K} items identical to the floor's: {b['agreement']:.2%}")
     return result
 
 

@@ -1,10 +1,12 @@
 """Run every benchmark (`make bench`); each prints its figures and ratios."""
 
-from bench import bench_generator
+from bench import bench_generator, bench_scoring, bench_training
 
 
 def main() -> None:
     bench_generator.main()
+    bench_scoring.main()
+    bench_training.main()
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ class NextBestOfferModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-d
     def load_context(self, context: Any) -> None:
         self.bundle = load_bundle_file(Path(context.artifacts[BUNDLE_ARTIFACT]))
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         options = {**DEFAULT_PARAMS, **(params or {})}
         frame = pd.DataFrame(model_input)
         state = self.bundle.state_from_frame(frame)

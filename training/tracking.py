@@ -52,3 +52,13 @@ def report_metrics(report: dict[str, Any]) -> dict[str, float]:
     out["n_customers_evaluated"] = float(report["n_customers_evaluated"])
     out["share_evaluated"] = float(report["share_evaluated"])
     return out
+
+
+def quiet_mlflow() -> None:
+    """Keep MLflow's own chatter (info logs, schema hints, download bars) off the terminal."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\..*)?")
