@@ -239,10 +239,10 @@ def promote(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
 ) -> None:
     """Move @champion to the challenger if its MAP@k on the same data is at least as good."""
-    from training.registry import promote as run_promotion
     from training.tracking import quiet_mlflow
 
     quiet_mlflow()
+    from training.registry import promote as run_promotion
     from training.tracking import configure
 
     configure(tracking_uri)
@@ -269,10 +269,10 @@ def score(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
 ) -> None:
     """Batch next-best-offer for every customer of a data directory."""
-    from training.scoring import load_bundle, score_directory, write_scores
     from training.tracking import quiet_mlflow
 
     quiet_mlflow()
+    from training.scoring import load_bundle, score_directory, write_scores
 
     with progress_bar() as bar:
         task = bar.add_task("loading model", total=None)

@@ -46,9 +46,15 @@ def alias_version(name: str, alias: str) -> Any | None:
 def register(model_uri: str, name: str, tags: dict[str, str]) -> tuple[str, str]:
     """Register `model_uri` as a new version of `name`; the first becomes champion, later
     ones challenger. If setting the alias fails the new version is deleted again."""
-    import mlflow
+    from mlflow.exceptions import MlflowException
 
-    version = mlflow.register_model(model_uri, name, tags=tags).version
+    client = _client()
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name)
+    run_id = tags.get("run_id")
+    version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags).version
     alias = CHAMPION if alias_version(name, CHAMPION) is None else CHALLENGER
     try:
         _client().set_registered_model_alias(name, alias, version)

@@ -92,11 +92,8 @@ def _log_run(
     bundle = result.bundle
     cube = HoldingsCube.from_data(data)
     example = input_example(bundle, cube.data.customers, cube.held[-1])
-    output = NextBestOfferModel.__new__(NextBestOfferModel)
-    output.bundle = bundle
-    signature = _optional_attributes(
-        infer_signature(example, output.predict(None, example), params=DEFAULT_PARAMS)
-    )
+    output = bundle.recommend(bundle.state_from_frame(example), DEFAULT_PARAMS["k"])
+    signature = _optional_attributes(infer_signature(example, output, params=DEFAULT_PARAMS))
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run() as run:
         mlflow.log_params(
             {
