@@ -41,6 +41,10 @@ def load_bundle_file(path: Path) -> ModelBundle:
 
 
 class NextBestOfferModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
+    # The model is logged with an explicit signature; MLflow's type-hint inference is
+    # not needed (and would warn about the untyped predict on every import).
+    _skip_type_hint_validation = True
+
     def load_context(self, context: Any) -> None:
         self.bundle = load_bundle_file(Path(context.artifacts[BUNDLE_ARTIFACT]))
 
