@@ -18,7 +18,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/recommender demo-data $(DEMO_DIR)/bank --customers $(DEMO_CUSTOMERS) --months $(DEMO_MONTHS) --seed 7
-	$(BIN)/recommender evaluate $(DEMO_DIR)/bank --report $(DEMO_DIR)/report.json
+	$(BIN)/recommender train $(DEMO_DIR)/bank --report $(DEMO_DIR)/report.json
+	$(BIN)/recommender score $(DEMO_DIR)/bank --tier A --out $(DEMO_DIR)/offers_tier_A.csv
+	@echo
+	@echo "Report: $(DEMO_DIR)/report.json; tier-A offers: $(DEMO_DIR)/offers_tier_A.csv"
+	@echo "MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db  (then open http://127.0.0.1:5000)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check recommender training serving tests bench

@@ -60,5 +60,7 @@ def quiet_mlflow() -> None:
     import warnings
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow  # noqa: F401  (configures its loggers on import; quiet them afterwards)
+
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\..*)?")
