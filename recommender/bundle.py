@@ -26,6 +26,9 @@ DROPPED = "dropped"
 AS_OF = "as_of"
 EXPECTED_VALUE = "expected_value"
 OBJECTIVES = ("propensity", "expected_value")
+# When no feature of the client pushes a product up, it was chosen for what it is.
+FALLBACK_REASON = {"propensity": "popular with clients overall",
+                   "expected_value": "high value of a sale"}  # fmt: skip
 
 
 @dataclass
@@ -113,7 +116,10 @@ class ModelBundle:
         })  # fmt: skip
         if explain:
             reasons = self.model.reasons(state, items)
-            frame[C.REASON] = ["; ".join(reasons[r][j]) for r, j in zip(rows, ranks, strict=True)]
+            fallback = FALLBACK_REASON[objective]
+            frame[C.REASON] = [
+                "; ".join(reasons[r][j]) or fallback for r, j in zip(rows, ranks, strict=True)
+            ]
         return frame
 
 

@@ -77,14 +77,22 @@ class ColumnCode:
     def codes(self, values: pd.Series, as_of: np.ndarray) -> np.ndarray:
         """Index into `tokens` for each value."""
         if self.levels:
-            text = _as_text(values)
+            codes, text = _factorized_text(values)
             index = pd.Index(self.levels).get_indexer(pd.Index(text))
-            return np.where(
-                text.isna(), len(self.levels) + 1, np.where(index < 0, len(self.levels), index)
-            )
+            n = len(self.levels)
+            index = np.where(text.isna(), n + 1, np.where(index < 0, n, index))
+            mapped: np.ndarray = np.append(index, n + 1)[codes]  # code -1 -> missing (last)
+            return mapped
         numbers = _as_number(values, self.kind, as_of)
         bins = np.searchsorted(np.asarray(self.edges), numbers, side="right")
         return np.where(np.isnan(numbers), len(self.edges) + 1, bins)
+
+
+def _factorized_text(values: pd.Series) -> tuple[np.ndarray, pd.Series]:
+    """Codes per row (-1 for missing) and the clean text of each distinct value; only the
+    distinct values are converted, which keeps encoding a million rows fast."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    return codes, _as_text(pd.Series(uniques, dtype=values.dtype))
 
 
 def _as_text(values: pd.Series) -> pd.Series:
@@ -124,7 +132,10 @@ def _fit_column(
         binned = ColumnCode(column, kind, edges=tuple(float(e) for e in edges))
         if many:
             return [binned]
-    shares = _as_text(values).value_counts() / max(len(values), 1)
+    codes, text = _factorized_text(values)
+    counts = np.bincount(codes[codes >= 0], minlength=len(text))
+    shares = pd.Series(counts, index=text).groupby(level=0).sum() / max(len(values), 1)
+    shares = shares.sort_values(ascending=False, kind="stable")
     frequent = shares[shares >= o.min_share].index[: o.max_categories]
     levels = ColumnCode(column, "categorical", levels=tuple(str(v) for v in sorted(frequent)))
     return [levels] if kind == "categorical" else [levels, binned]

@@ -50,27 +50,40 @@ class ProbabilityCalibrator:
     def predict(self, scores: np.ndarray, held: np.ndarray) -> np.ndarray:
         if not hasattr(self, "model_"):
             raise NotFittedError("ProbabilityCalibrator is not fitted; call fit(...) first")
+        if self.method == "rank":  # logit = w[product] + w[rank] + b, on whole arrays
+            weights = self.model_.coef_.ravel()
+            p = self.n_products_
+            logit = weights[:p][None, :] + weights[p:][_ranks(scores, held)]
+            probability = 1.0 / (1.0 + np.exp(-(logit + self.model_.intercept_[0])))
+            return np.where(held, 0.0, probability)
         x = self._design(scores, held)
         if self.method == "isotonic":
-            p = self.model_.predict(x.ravel())
+            values = self.model_.predict(x.ravel())
         else:
-            p = self.model_.predict_proba(x)[:, 1]
+            values = self.model_.predict_proba(x)[:, 1]
         out = np.zeros(scores.shape)
-        out[~held] = p
+        out[~held] = values
         return out
 
     def _design(self, scores: np.ndarray, held: np.ndarray) -> Any:
         """Features of every open (customer, product) pair, in row-major order."""
         if self.method != "rank":
             return scores[~held][:, None]
-        masked = np.where(held, -np.inf, scores)
-        ranks = np.argsort(np.argsort(-masked, axis=1, kind="stable"), axis=1)
+        ranks = _ranks(scores, held)
         rows, products = np.nonzero(~held)
         n = len(rows)
         p = self.n_products_
         data = np.ones(2 * n)
         cols = np.concatenate([products, p + ranks[rows, products]])
         return sp.csr_matrix((data, (np.tile(np.arange(n), 2), cols)), shape=(n, 2 * p))
+
+
+def _ranks(scores: np.ndarray, held: np.ndarray) -> np.ndarray:
+    """0-based rank of each product in its customer's list (held products last)."""
+    order = np.argsort(-np.where(held, -np.inf, scores), axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(scores.shape[1])[None, :], axis=1)
+    return ranks
 
 
 def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = 10) -> dict[str, float]:

@@ -18,7 +18,7 @@ def top_k(
         scores = np.where(exclude, -np.inf, scores)
     n_items = scores.shape[1]
     k = min(k, n_items)
-    # stable ordering by (-score, index): sort is cheap for catalog-sized rows
+    # A stable sort of catalog-sized rows is faster than argpartition's per-row overhead.
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     chosen = np.take_along_axis(scores, order, axis=1)
     items = np.where(np.isneginf(chosen), -1, order)

@@ -71,3 +71,8 @@ def hit_rate_by_product(hit_rates: dict[str, dict[str, float]], names: dict[str,
     ax.set_title("Hit rate by product")
     fig.tight_layout()
     return fig
+
+
+def close(figure: Figure) -> None:
+    """Free a figure once logged (pyplot keeps every open figure alive)."""
+    plt.close(figure)

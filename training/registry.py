@@ -91,7 +91,7 @@ def promote(name: str, version: str | None = None, force: bool = False) -> Promo
         current = alias_version(name, CHALLENGER)
         if current is not None and current.version == challenger.version:
             client.delete_registered_model_alias(name, CHALLENGER)
-    previous = champion.version if champion else None
+    previous = str(champion.version) if champion else None
     return Promotion(name, str(challenger.version), previous, new_map, old_map)
 
 

@@ -119,6 +119,7 @@ def _log_run(
             (charts.hit_rate_by_product(result.hit_rates, names, k), "hit_rate_by_product.png"),
         ):
             mlflow.log_figure(figure, f"charts/{name}")
+            charts.close(figure)
         path = save_bundle(bundle, Path(tmp) / "bundle.pkl")
         info = mlflow.pyfunc.log_model(
             name="model",
