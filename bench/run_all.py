@@ -1,12 +1,13 @@
 """Run every benchmark (`make bench`); each prints its figures and ratios."""
 
-from bench import bench_generator, bench_scoring, bench_training
+from bench import bench_generator, bench_quality, bench_scoring, bench_training
 
 
 def main() -> None:
     bench_generator.main()
     bench_scoring.main()
     bench_training.main()
+    bench_quality.main()
 
 
 if __name__ == "__main__":
