@@ -37,14 +37,17 @@ def map_by_tier(report: dict[str, Any]) -> Figure:
     models = list(report["models"])
     width = 0.8 / max(len(models), 1)
     fig, ax = plt.subplots(figsize=(8, 3.8))
+    top = 0.0
     for i, model in enumerate(models):
         values = [report["tiers"][t].get(model, {}).get(key, 0.0) for t in tiers]
+        top = max(top, *values)
         ax.bar([x + i * width for x in range(len(tiers))], values, width, label=model)
+    ax.set_ylim(0, top * 1.3)
     ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(tiers))])
     ax.set_xticklabels([f"tier {t}" for t in tiers])
     ax.set_ylabel(key)
     ax.set_title(f"{key} by value tier (A = top 20% of clients by value)")
-    ax.legend(fontsize=8, ncols=2)
+    ax.legend(fontsize=8, ncols=len(models), loc="upper center")
     fig.tight_layout()
     return fig
 
