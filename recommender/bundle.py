@@ -26,6 +26,7 @@ DROPPED = "dropped"
 AS_OF = "as_of"
 EXPECTED_VALUE = "expected_value"
 OBJECTIVES = ("propensity", "expected_value")
+RECORD_FIELDS = (C.CUSTOMER_ID, HOLDINGS, DROPPED, AS_OF)
 # When no feature of the client pushes a product up, it was chosen for what it is.
 FALLBACK_REASON = {"propensity": "popular with clients overall",
                    "expected_value": "high value of a sale"}  # fmt: skip
@@ -71,6 +72,40 @@ class ModelBundle:
         ids = frame[C.CUSTOMER_ID].astype(str).to_numpy(dtype=object)
         return CustomerState(ids, dates, held, dropped, months, attributes, tier, segment,
                              self.tiering)  # fmt: skip
+
+    def coerce_attributes(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Attribute values as the model saw them in training: dates as dates, numbers as
+        numbers. Unknown attributes and unparsable values are errors naming them."""
+        kinds = self.attribute_kinds()
+        unknown = [c for c in frame.columns if c not in kinds and c not in RECORD_FIELDS]
+        if unknown:
+            raise ConfigError(
+                f"unknown attribute {unknown[0]!r}; known: {', '.join(sorted(kinds))}"
+            )
+        out = frame.copy()
+        for column, kind in kinds.items():
+            if column not in out.columns or kind == "categorical":
+                continue
+            raw = out[column]
+            if kind == "date":
+                parsed = pd.to_datetime(raw, errors="coerce", format="ISO8601")
+            else:
+                parsed = pd.to_numeric(raw, errors="coerce")
+            bad = raw.notna() & parsed.isna()
+            if bad.any():
+                value = raw[bad].iloc[0]
+                what = "a date (YYYY-MM-DD)" if kind == "date" else "a number"
+                raise ConfigError(f"attribute {column}: {value!r} is not {what}")
+            out[column] = parsed
+        return out
+
+    def attribute_kinds(self) -> dict[str, str]:
+        """numeric | date | categorical, per attribute column the model encodes."""
+        kinds: dict[str, str] = dict.fromkeys(self.attribute_columns, "categorical")
+        for code in getattr(self.model.builder_, "columns_", []):
+            if code.kind in ("numeric", "date"):
+                kinds[code.column] = code.kind
+        return kinds
 
     def _product_matrix(self, lists: pd.Series | None, n: int) -> np.ndarray:
         out = np.zeros((n, len(self.product_ids)), dtype=bool)

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 AGE_COLUMNS = {"birth_date": "age", "birth_year": "born", "fecha_nacimiento": "age"}
 TENURE_COLUMNS = {"join_date": "client for", "fecha_alta": "client for"}
 CHUNK = 20_000
+HELD_FOR_WORDS = {"3-11m": "for 3-11 months", "12m+": "for a year or more"}
 _RANGE = re.compile(r"^\[(?P<a>[^,]+), (?P<b>[^)]+)\)(?P<unit>.*)$")
 
 
@@ -61,7 +62,7 @@ def describe(token: str, names: Mapping[str, str]) -> str:
         name = names.get(product, product)
         if bucket == "0-2m":
             return f"opened {_a(name)} in the last 3 months"
-        return f"has held {_a(name)} {'since before our records' if 'since' in bucket else bucket}"
+        return f"has held {_a(name)} {HELD_FOR_WORDS.get(bucket, 'since before our records')}"
     if kind == "holds exactly":
         held = [names.get(p, p) for p in rest.split("+")] if rest != "(nothing)" else []
         return "holds only " + " and ".join(held) if held else "holds no products yet"
@@ -82,20 +83,48 @@ def _uninformative(token: str) -> bool:
     return token.endswith("(missing)") or token.endswith("(other)")
 
 
+def vocabulary_words(
+    vocabulary: list[str], names: Mapping[str, str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Words for every feature, which features are never a reason, and each feature's
+    topic (an attribute has two tokens, a level and a range: one reason is enough)."""
+    words = np.array([describe(token, names) for token in vocabulary], dtype=object)
+    useless = np.array([_uninformative(token) for token in vocabulary], dtype=bool)
+    topics = np.array([_topic(token) for token in vocabulary], dtype=object)
+    return words, useless, topics
+
+
+def _topic(token: str) -> str:
+    if "=" in token and ":" not in token.split("=", 1)[0]:
+        return token.split("=", 1)[0]
+    return token
+
+
 def top_reasons(
     contributions: sp.csr_matrix,
-    vocabulary: list[str],
-    names: Mapping[str, str],
+    words: np.ndarray,
+    useless: np.ndarray,
+    topics: np.ndarray,
     n: int = 3,
 ) -> list[list[str]]:
-    """For each row, words for the `n` largest positive contributions (vectorised)."""
-    words = np.array([describe(token, names) for token in vocabulary], dtype=object)
-    useless = np.array([_uninformative(token) for token in vocabulary])
+    """For each row, words for the `n` largest positive contributions on distinct topics."""
     out: list[list[str]] = []
     for start in range(0, contributions.shape[0], CHUNK):
         dense = contributions[start : start + CHUNK].toarray()
         dense[:, useless] = 0.0
-        top = np.argsort(-dense, axis=1, kind="stable")[:, :n]
+        top = np.argsort(-dense, axis=1, kind="stable")[:, : 2 * n]
         positive = np.take_along_axis(dense, top, axis=1) > 0
-        out += [list(words[t[p]]) for t, p in zip(top, positive, strict=True)]
+        out += [_distinct(t[p], words, topics, n) for t, p in zip(top, positive, strict=True)]
     return out
+
+
+def _distinct(features: np.ndarray, words: np.ndarray, topics: np.ndarray, n: int) -> list[str]:
+    chosen: list[str] = []
+    seen: set[str] = set()
+    for j in features:
+        if topics[j] not in seen:
+            seen.add(topics[j])
+            chosen.append(words[j])
+            if len(chosen) == n:
+                break
+    return chosen

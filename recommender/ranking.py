@@ -23,3 +23,32 @@ def top_k(
     chosen = np.take_along_axis(scores, order, axis=1)
     items = np.where(np.isneginf(chosen), -1, order)
     return items, chosen
+
+
+def top_k_distinct(
+    scores: np.ndarray, k: int, exclude: np.ndarray, groups: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top k with at most one item per group (group -1: no group).
+
+    Returns items and scores as `top_k` does, and `displaced` (n, items): the list
+    position (0-based) of the same-group item that kept an item out, or -1.
+    """
+    masked = np.where(exclude, -np.inf, np.asarray(scores, dtype=np.float64))
+    n, n_items = masked.shape
+    k = min(k, n_items)
+    rows = np.arange(n)
+    items = np.full((n, k), -1)
+    values = np.full((n, k), -np.inf)
+    displaced = np.full((n, n_items), -1)
+    for j in range(k):
+        best = np.argmax(masked, axis=1)
+        value = masked[rows, best]
+        valid = np.isfinite(value)
+        items[valid, j] = best[valid]
+        values[valid, j] = value[valid]
+        masked[rows[valid], best[valid]] = -np.inf
+        group = groups[best]
+        same = (groups[None, :] == group[:, None]) & (group[:, None] >= 0) & valid[:, None]
+        displaced[same & np.isfinite(masked)] = j
+        masked[same] = -np.inf
+    return items, values, displaced

@@ -1,0 +1,1 @@
+"""Serving edge: the FastAPI service officer apps call for next-best offers."""

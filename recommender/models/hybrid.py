@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from recommender import columns as C
 from recommender.errors import ConfigError, ModelFitError, NotFittedError
-from recommender.explanation import top_reasons
+from recommender.explanation import top_reasons, vocabulary_words
 from recommender.features import FeatureBuilder, FeatureOptions
 from recommender.models.base import Recommender
 from recommender.probability import ProbabilityCalibrator
@@ -198,26 +198,46 @@ class HybridModel(Recommender):
         return sp.csr_matrix(x, dtype=np.float32)
 
     def _score(self, state: CustomerState) -> np.ndarray:
-        x = self._user_features(state, self.config or HybridConfig())
+        return self.score_features(self.features(state))
+
+    def features(self, state: CustomerState) -> sp.csr_matrix:
+        """The customer-feature matrix of `state` (what scoring and explanations read)."""
+        return self._user_features(state, self.config or HybridConfig())
+
+    def score_features(self, x: sp.csr_matrix) -> np.ndarray:
+        """Scores from a feature matrix, e.g. one precomputed for every known customer."""
         scores: np.ndarray = (x @ self.user_embeddings_) @ self.item_repr_.T + self.item_bias_
         return scores
 
+    def _weights(self, relative: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(features, products) contribution of each feature to each product, and the base;
+        computed once per model."""
+        cache: dict[bool, tuple[np.ndarray, np.ndarray]] = self.__dict__.setdefault("_cache", {})
+        if relative not in cache:
+            per_feature = self.user_embeddings_ @ self.item_repr_.T
+            base = self.item_bias_
+            if relative:
+                per_feature = per_feature - per_feature.mean(axis=1, keepdims=True)
+                base = base - base.mean()
+            cache[relative] = (per_feature, base)
+        return cache[relative]
+
     def contributions(
-        self, state: CustomerState, products: np.ndarray, relative: bool = False
+        self,
+        state: CustomerState,
+        products: np.ndarray,
+        relative: bool = False,
+        x: sp.csr_matrix | None = None,
     ) -> tuple[sp.csr_matrix, np.ndarray]:
         """Per-feature contributions to row i's score for product `products[i]`, and the base.
 
         Row sums of the (customers, features) matrix plus `base` equal the scores exactly.
         With `relative`, each feature's contribution is measured against its mean over all
         products (what makes this product stand out), and the sum equals the score minus
-        the customer's mean score.
+        the customer's mean score. `x` is the state's feature matrix, if already built.
         """
-        x = self._user_features(state, self.config or HybridConfig())
-        per_feature = self.user_embeddings_ @ self.item_repr_.T
-        base = self.item_bias_
-        if relative:
-            per_feature = per_feature - per_feature.mean(axis=1, keepdims=True)
-            base = base - base.mean()
+        x = self.features(state) if x is None else x
+        per_feature, base = self._weights(relative)
         rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
         values = x.data * per_feature[x.indices, products[rows]]
         parts = sp.csr_matrix((values, x.indices, x.indptr), shape=x.shape)
@@ -234,13 +254,23 @@ class HybridModel(Recommender):
             raise NotFittedError("HybridModel has no calibrator; call calibrate(...) first")
         return self.calibrator_.predict(self.score(state) if scores is None else scores, state.held)
 
-    def reasons(self, state: CustomerState, items: np.ndarray, n: int = 3) -> list[list[list[str]]]:
+    def _words(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cached: tuple[np.ndarray, np.ndarray, np.ndarray] | None = self.__dict__.get("_words_cache")
+        if cached is None:
+            cached = vocabulary_words(self.builder_.vocabulary_, self.product_names_)
+            self.__dict__["_words_cache"] = cached
+        return cached
+
+    def reasons(
+        self, state: CustomerState, items: np.ndarray, n: int = 3, x: sp.csr_matrix | None = None
+    ) -> list[list[list[str]]]:
         """Words for each recommended item: `reasons[row][rank]` is a list of up to n."""
+        x = self.features(state) if x is None else x
         out: list[list[list[str]]] = [[] for _ in range(len(state))]
         for rank in range(items.shape[1]):
             products = np.maximum(items[:, rank], 0)
-            parts, _ = self.contributions(state, products, relative=True)
-            words = top_reasons(parts, self.builder_.vocabulary_, self.product_names_, n)
+            parts, _ = self.contributions(state, products, relative=True, x=x)
+            words = top_reasons(parts, *self._words(), n)
             for row in range(len(state)):
                 out[row].append(words[row] if items[row, rank] >= 0 else [])
         return out

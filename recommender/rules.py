@@ -1,0 +1,190 @@
+"""Business rules, read from the product catalog: who may be offered what.
+
+Per (client, product), in this order (the first that applies is the reason given):
+- already held;
+- eligibility: `min_age` / `max_age`, `segments` (semicolon-separated; empty = all),
+  `min_income`;
+- suitability: a product's `risk_level` above the client's risk tolerance, when known;
+- mutually exclusive families (`family`): a client holding one product of a family is
+  not offered another of it; within one list, only the best product of a family appears.
+A rule whose client fact is unknown (no age, income or risk tolerance) does not exclude.
+Catalog errors are found when the rule book is built (at start-up), not per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from recommender import columns as C
+from recommender.errors import ConfigError
+from recommender.state import CustomerState
+
+FAMILY = "family"
+AGE_COLUMNS = ("age", "edad")
+BIRTH_COLUMNS = ("birth_date", "fecha_nacimiento")
+INCOME_COLUMNS = ("income", "renta")
+RISK_COLUMNS = ("risk_tolerance",)
+HELD = "already held"
+Check = tuple[np.ndarray, Callable[[int, int], str]]
+
+
+@dataclass(frozen=True)
+class RuleSettings:
+    eligibility: bool = True
+    suitability: bool = True
+    families: bool = True
+
+
+@dataclass(frozen=True)
+class Decision:
+    """`blocked[i, p]` is True when product p may not be offered to client i, because of
+    `reason[i][p]`."""
+
+    blocked: np.ndarray
+    reasons: list[dict[int, str]]
+
+
+class RuleBook:
+    def __init__(self, products: pd.DataFrame, settings: RuleSettings | None = None,
+                 known_segments: set[str] | None = None) -> None:  # fmt: skip
+        self.settings = settings or RuleSettings()
+        self.ids = [str(p) for p in products[C.PRODUCT_ID]]
+        self.names = [str(n) for n in products.get(C.NAME, products[C.PRODUCT_ID])]
+        self.min_age = _numbers(products, C.MIN_AGE, -np.inf)
+        self.max_age = _numbers(products, C.MAX_AGE, np.inf)
+        self.min_income = _numbers(products, C.MIN_INCOME, -np.inf)
+        self.risk = _numbers(products, C.RISK_LEVEL, -np.inf)
+        self.segments = [_segment_set(v) for v in _texts(products, C.SEGMENTS)]
+        self.family = [v or None for v in _texts(products, FAMILY)]
+        self._validate(known_segments)
+
+    def _validate(self, known_segments: set[str] | None) -> None:
+        for i, pid in enumerate(self.ids):
+            if self.min_age[i] > self.max_age[i]:
+                raise ConfigError(
+                    f"product catalog: {pid} has min_age {self.min_age[i]:g} above max_age "
+                    f"{self.max_age[i]:g}; fix the catalog"
+                )
+            unknown = self.segments[i] - (known_segments or self.segments[i])
+            if unknown:
+                raise ConfigError(
+                    f"product catalog: {pid} allows segments {sorted(unknown)} that no client "
+                    f"has (known: {', '.join(sorted(known_segments or []))}); fix the catalog"
+                )
+
+    def decide(self, state: CustomerState) -> Decision:
+        n, p = state.held.shape
+        reasons: list[dict[int, str]] = [{} for _ in range(n)]
+        blocked = np.zeros((n, p), dtype=bool)
+        for mask, words in self._checks(state):
+            new = mask & ~blocked
+            for row, product in zip(*np.nonzero(new), strict=True):
+                reasons[row][int(product)] = words(int(row), int(product))
+            blocked |= new
+        return Decision(blocked, reasons)
+
+    def _checks(self, state: CustomerState) -> Iterator[Check]:
+        yield state.held, lambda r, p: HELD
+        if self.settings.eligibility:
+            age = client_age(state)
+            young = age[:, None] < self.min_age[None, :]
+            old = age[:, None] > self.max_age[None, :]
+            yield (
+                young,
+                lambda r, p: f"eligibility: minimum age {self.min_age[p]:g} (client {age[r]:.0f})",
+            )
+            yield (
+                old,
+                lambda r, p: f"eligibility: maximum age {self.max_age[p]:g} (client {age[r]:.0f})",
+            )
+            allowed = np.array(
+                [[not s or seg in s for s in self.segments] for seg in state.segment]
+            )
+            yield (
+                ~allowed,
+                lambda r, p: (
+                    f"eligibility: only for segments {', '.join(sorted(self.segments[p]))} "
+                    f"(client: {state.segment[r]})"
+                ),
+            )
+            income = client_number(state, INCOME_COLUMNS)
+            poor = income[:, None] < self.min_income[None, :]
+            yield (
+                poor,
+                lambda r, p: (
+                    f"eligibility: minimum income {self.min_income[p]:,.0f} "
+                    f"(client {income[r]:,.0f})"
+                ),
+            )
+        if self.settings.suitability:
+            tolerance = client_number(state, RISK_COLUMNS)
+            risky = self.risk[None, :] > tolerance[:, None]
+            yield (
+                risky,
+                lambda r, p: (
+                    f"suitability: risk level {self.risk[p]:g} exceeds the client's risk "
+                    f"tolerance {tolerance[r]:g}"
+                ),
+            )
+        if self.settings.families:
+            yield from self._family_checks(state)
+
+    def _family_checks(self, state: CustomerState) -> Iterator[Check]:
+        for family in sorted({f for f in self.family if f}):
+            members: np.ndarray = np.array([f == family for f in self.family], dtype=bool)
+            held_members = state.held & members[None, :]
+            mask = held_members.any(axis=1)[:, None] & members[None, :] & ~state.held
+            yield mask, self._family_words(family, np.argmax(held_members, axis=1))
+
+    def _family_words(self, family: str, first_held: np.ndarray) -> Callable[[int, int], str]:
+        def words(row: int, product: int) -> str:
+            return f"family {family}: already holds {self.names[int(first_held[row])]}"
+
+        return words
+
+    def family_index(self) -> np.ndarray:
+        """Family code per product (-1: none), for keeping one per family in a list."""
+        labels = sorted({f for f in self.family if f})
+        return np.array([labels.index(f) if f else -1 for f in self.family])
+
+
+def client_age(state: CustomerState) -> np.ndarray:
+    """Age in years at the state's date: an `age` column, else a birth date; NaN if unknown."""
+    a = state.attributes
+    for column in AGE_COLUMNS:
+        if column in a.columns:
+            return pd.to_numeric(a[column], errors="coerce").to_numpy(dtype=float)
+    for column in BIRTH_COLUMNS:
+        if column in a.columns and pd.api.types.is_datetime64_any_dtype(a[column]):
+            born = a[column].to_numpy(dtype="datetime64[ns]")
+            days = (state.as_of.astype("datetime64[ns]") - born).astype("timedelta64[D]")
+            return np.where(np.isnat(born), np.nan, days.astype(float) / 365.25)
+    return np.full(len(state), np.nan)
+
+
+def client_number(state: CustomerState, names: tuple[str, ...]) -> np.ndarray:
+    for column in names:
+        if column in state.attributes.columns:
+            return pd.to_numeric(state.attributes[column], errors="coerce").to_numpy(dtype=float)
+    return np.full(len(state), np.nan)
+
+
+def _numbers(products: pd.DataFrame, column: str, default: float) -> np.ndarray:
+    if column not in products.columns:
+        return np.full(len(products), default)
+    values = pd.to_numeric(products[column], errors="coerce").to_numpy(dtype=float)
+    return np.where(np.isnan(values), default, values)
+
+
+def _texts(products: pd.DataFrame, column: str) -> list[str]:
+    if column not in products.columns:
+        return [""] * len(products)
+    return [str(v).strip() if pd.notna(v) else "" for v in products[column]]
+
+
+def _segment_set(text: str) -> set[str]:
+    return {s.strip() for s in text.replace(",", ";").split(";") if s.strip()}

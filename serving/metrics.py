@@ -1,0 +1,36 @@
+"""Prometheus metrics of one app (its own registry, so test apps do not collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("http_requests_total", "Requests by route and status",
+                                ["method", "route", "status"], registry=self.registry)  # fmt: skip
+        self.latency = Histogram(
+            "http_request_duration_seconds",
+            "Request latency by route",
+            ["method", "route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+        self.offers = Counter("recommendations_served_total", "Offers served by product",
+                              ["product_id"], registry=self.registry)  # fmt: skip
+        self.model = Gauge("model_info", "The model being served (value 1)",
+                           ["name", "version", "source"], registry=self.registry)  # fmt: skip
+        self.reload_failures = Counter("model_reload_failures_total", "Failed model loads",
+                                       registry=self.registry)  # fmt: skip
+        self.swaps = Counter("model_swaps_total", "Models swapped in", registry=self.registry)
+        self.audit_failures = Counter("audit_write_failures_total",
+                                      "Decisions not served because the audit write failed",
+                                      registry=self.registry)  # fmt: skip
+
+    def set_model(self, name: str, version: str, source: str) -> None:
+        self.model.clear()
+        self.model.labels(name=name, version=version, source=source).set(1)
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))

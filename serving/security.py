@@ -1,0 +1,42 @@
+"""Who may call what: API keys (header X-API-Key) with roles, and response headers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import HTTPException, Request, status
+
+from serving.keys import ApiKey, KeyRing
+
+API_KEY_HEADER = "X-API-Key"
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
+
+
+def require(*roles: str) -> Callable[[Request], ApiKey]:
+    """A dependency admitting keys whose role is one of `roles`."""
+
+    def check(request: Request) -> ApiKey:
+        ring: KeyRing = request.app.state.services.keys
+        key = ring.identify(request.headers.get(API_KEY_HEADER))
+        if key is None:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                detail=f"missing or invalid API key; send it in the {API_KEY_HEADER} header",
+                headers={"WWW-Authenticate": API_KEY_HEADER},
+            )
+        if key.role not in roles:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                detail=f"role {key.role!r} may not call {request.method} {request.url.path}; "
+                f"allowed: {', '.join(roles)}",
+            )
+        request.state.key_id = key.id
+        return key
+
+    return check

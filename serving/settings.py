@@ -1,0 +1,39 @@
+"""Service settings from environment variables (RECOMMENDER_*) and/or an env file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Validated at start-up; a bad value stops the service with a message naming it."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECOMMENDER_", env_file=".env", extra="forbid", frozen=True
+    )
+
+    model_uri: str = "models:/cross-sell-recommender@champion"
+    tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)",
+    )
+    data_dir: Path = Field(default=Path("demo/bank"), description="Bank data directory")
+    events_url: str = Field(default="sqlite:///events.db", description="SQLAlchemy URL")
+    api_keys_file: Path = Path("api_keys.json")
+    local_model_dir: Path = Field(default=Path("models"), description="Last good model copy")
+    poll_seconds: float = Field(default=60.0, ge=0, description="Registry poll; 0 = never")
+    max_batch: int = Field(default=1000, ge=1, le=10_000)
+    eligibility_rules: bool = True
+    suitability_rules: bool = True
+    family_rules: bool = True
+    reasons_per_offer: int = Field(default=3, ge=0, le=10)
+
+    @field_validator("events_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if "://" not in value:
+            raise ValueError("events_url must be a SQLAlchemy URL such as sqlite:///events.db")
+        return value
