@@ -15,7 +15,7 @@ from recommender import columns as C
 from recommender.bundle import OBJECTIVES, ModelBundle
 from recommender.errors import ConfigError
 from recommender.ranking import top_k_distinct
-from recommender.rules import RuleBook
+from recommender.rules import ClientFacts, RuleBook
 from recommender.state import CustomerState
 
 
@@ -59,9 +59,11 @@ class OfferEngine:
         explain: bool = True,
         x: sp.csr_matrix | None = None,
         blocked: list[dict[int, str]] | None = None,
+        facts: ClientFacts | None = None,
     ) -> list[OfferList]:
-        """Offers per client. `x`: the clients' precomputed features; `blocked`: extra
-        exclusions per client ({product index: reason}), e.g. from a contact policy."""
+        """Offers per client. `x` and `facts`: the clients' precomputed features and rule
+        facts (then `state.attributes` is not read); `blocked`: extra exclusions per client
+        ({product index: reason}), e.g. from a contact policy."""
         if objective not in OBJECTIVES:
             raise ConfigError(f"objective {objective!r}: use {' or '.join(OBJECTIVES)}")
         model = self.bundle.model
@@ -69,7 +71,7 @@ class OfferEngine:
         scores = model.score_features(x)
         probability = model.predict_proba(state, scores)
         value = probability * self.bundle.margins
-        decision = self.rules.decide(state)
+        decision = self.rules.decide(state, facts)
         reasons = decision.reasons
         mask = decision.blocked.copy()
         for row, extra in enumerate(blocked or []):

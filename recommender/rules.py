@@ -40,6 +40,25 @@ class RuleSettings:
 
 
 @dataclass(frozen=True)
+class ClientFacts:
+    """What the rules need to know of each client (NaN: unknown)."""
+
+    age: np.ndarray
+    income: np.ndarray
+    risk_tolerance: np.ndarray
+    segment: np.ndarray
+
+    def take(self, rows: np.ndarray) -> ClientFacts:
+        return ClientFacts(self.age[rows], self.income[rows], self.risk_tolerance[rows],
+                           self.segment[rows])  # fmt: skip
+
+
+def client_facts(state: CustomerState) -> ClientFacts:
+    return ClientFacts(client_age(state), client_number(state, INCOME_COLUMNS),
+                       client_number(state, RISK_COLUMNS), state.segment)  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Decision:
     """`blocked[i, p]` is True when product p may not be offered to client i, because of
     `reason[i][p]`."""
@@ -76,21 +95,22 @@ class RuleBook:
                     f"has (known: {', '.join(sorted(known_segments or []))}); fix the catalog"
                 )
 
-    def decide(self, state: CustomerState) -> Decision:
+    def decide(self, state: CustomerState, facts: ClientFacts | None = None) -> Decision:
+        """Blocked products and reasons; `facts` may be precomputed with `client_facts`."""
         n, p = state.held.shape
         reasons: list[dict[int, str]] = [{} for _ in range(n)]
         blocked = np.zeros((n, p), dtype=bool)
-        for mask, words in self._checks(state):
+        for mask, words in self._checks(state, facts or client_facts(state)):
             new = mask & ~blocked
             for row, product in zip(*np.nonzero(new), strict=True):
                 reasons[row][int(product)] = words(int(row), int(product))
             blocked |= new
         return Decision(blocked, reasons)
 
-    def _checks(self, state: CustomerState) -> Iterator[Check]:
+    def _checks(self, state: CustomerState, facts: ClientFacts) -> Iterator[Check]:
         yield state.held, lambda r, p: HELD
         if self.settings.eligibility:
-            age = client_age(state)
+            age = facts.age
             young = age[:, None] < self.min_age[None, :]
             old = age[:, None] > self.max_age[None, :]
             yield (
@@ -102,7 +122,7 @@ class RuleBook:
                 lambda r, p: f"eligibility: maximum age {self.max_age[p]:g} (client {age[r]:.0f})",
             )
             allowed = np.array(
-                [[not s or seg in s for s in self.segments] for seg in state.segment]
+                [[not s or seg in s for s in self.segments] for seg in facts.segment]
             )
             yield (
                 ~allowed,
@@ -111,7 +131,7 @@ class RuleBook:
                     f"(client: {state.segment[r]})"
                 ),
             )
-            income = client_number(state, INCOME_COLUMNS)
+            income = facts.income
             poor = income[:, None] < self.min_income[None, :]
             yield (
                 poor,
@@ -121,7 +141,7 @@ class RuleBook:
                 ),
             )
         if self.settings.suitability:
-            tolerance = client_number(state, RISK_COLUMNS)
+            tolerance = facts.risk_tolerance
             risky = self.risk[None, :] > tolerance[:, None]
             yield (
                 risky,

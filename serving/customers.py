@@ -17,6 +17,8 @@ from recommender import columns as C
 from recommender.dataset import load_bank_data
 from recommender.state import CustomerState, HoldingsCube, StateOptions
 
+NO_ATTRIBUTES = pd.DataFrame(index=range(1))
+
 
 class CustomerDirectory:
     def __init__(self, data_dir: Path) -> None:
@@ -43,6 +45,15 @@ class CustomerDirectory:
         if key not in self._states:
             self._states[key] = self.cube.state_at(len(self.dates) - 1, options)
         return self._states[key]
+
+    def client(self, options: StateOptions, row: int) -> CustomerState:
+        """One client's state without attributes (requests use precomputed features and
+        rule facts; copying a row of a million-row table costs more than the scoring)."""
+        s = self.state(options)
+        rows = np.array([row])
+        return CustomerState(s.customer_ids[rows], s.as_of[rows], s.held[rows], s.dropped[rows],
+                             s.held_months[rows], NO_ATTRIBUTES, s.tier[rows], s.segment[rows],
+                             s.tiering)  # fmt: skip
 
     def segments(self, options: StateOptions) -> set[str]:
         return {str(s) for s in self.state(options).segment}

@@ -8,6 +8,9 @@ row per offered product, so the audit trail and the offers table never disagree.
 from __future__ import annotations
 
 import json
+import queue
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -161,3 +164,60 @@ def _offer_row(record: DecisionRecord, offer: dict[str, Any]) -> dict[str, Any]:
         "product_id": offer["product_id"], "rank": offer["rank"], "score": offer["score"],
         "probability": offer["probability"], "created_at": record.created_at,
     }  # fmt: skip
+
+
+class AuditWriter:
+    """One writer thread with group commit: requests hand over their decisions and wait
+    until they are committed; whatever queued up meanwhile is written in one transaction.
+    With one writer there is no lock contention between request threads (SQLite), and a
+    busy service commits far less often than once per request."""
+
+    def __init__(self, store: EventStore, max_batch: int = 500) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self._queue: queue.Queue[tuple[list[DecisionRecord], Future[None]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="audit-writer")
+        self._thread.start()
+
+    def write(self, records: list[DecisionRecord], timeout: float = 30.0) -> None:
+        """Return once `records` are committed; raise if they could not be."""
+        if not records:
+            return
+        done: Future[None] = Future()
+        self._queue.put((records, done))
+        done.result(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < self.max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)
+                    break
+                batch.append(more)
+            self._commit(batch)
+
+    def _commit(self, batch: list[tuple[list[DecisionRecord], Future[None]]]) -> None:
+        try:
+            self.store.record([r for records, _ in batch for r in records])
+        except Exception:
+            for records, done in batch:  # one bad request must not fail the others
+                try:
+                    self.store.record(records)
+                    done.set_result(None)
+                except Exception as exc:
+                    done.set_exception(exc)
+            return
+        for _, done in batch:
+            done.set_result(None)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)

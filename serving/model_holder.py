@@ -29,7 +29,7 @@ import scipy.sparse as sp
 from recommender.bundle import ModelBundle
 from recommender.errors import ConfigError
 from recommender.offer import OfferEngine
-from recommender.rules import RuleBook, RuleSettings
+from recommender.rules import ClientFacts, RuleBook, RuleSettings, client_facts
 from serving.customers import CustomerDirectory
 
 log = logging.getLogger("serving.models")
@@ -40,6 +40,7 @@ class ServedModel:
     bundle: ModelBundle
     engine: OfferEngine
     features: sp.csr_matrix  # every known client, for this model
+    facts: ClientFacts  # every known client's age, income, risk tolerance, segment
     name: str
     version: str
     alias: str | None
@@ -132,11 +133,13 @@ class ModelHolder:
         state = self.directory.state(bundle.options)
         rules = RuleBook(bundle.products, self.rules, self.directory.segments(bundle.options))
         features = bundle.model.features(state)
+        facts = client_facts(state)
         engine = OfferEngine(bundle, rules)
         if len(state):  # builds the engine's caches before any request sees it
-            engine.recommend(state.take(np.array([0])), 1, x=features[0])
-        return ServedModel(bundle, engine, features, self.name or self.model_uri, version,
-                           self.alias, source)  # fmt: skip
+            first = np.array([0])
+            engine.recommend(state.take(first), 1, x=features[0], facts=facts.take(first))
+        return ServedModel(bundle, engine, features, facts, self.name or self.model_uri,
+                           version, self.alias, source)  # fmt: skip
 
     def _swap(self, served: ServedModel) -> None:
         previous = self.current

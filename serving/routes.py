@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import numpy as np
 import pandas as pd
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 
 from recommender import columns as C
 from recommender.bundle import DROPPED, HOLDINGS
@@ -34,7 +35,7 @@ Analyst = Annotated[ApiKey, Depends(require("analyst", "admin"))]
 Admin = Annotated[ApiKey, Depends(require("admin"))]
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:  # async: no thread hop for a lookup
     found: Services = request.app.state.services
     return found
 
@@ -67,7 +68,7 @@ def recommend(body: RecommendationRequest, request: Request, svc: Svc, key: Offi
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=exc.detail) from exc
     response = _response(request.state.request_id, served, result)
     _audit(svc, key, served, [(request.state.request_id, body, result, cold)])
-    return response
+    return JSONResponse(response)  # the shape is ours; skip re-validating it per request
 
 
 @router.post("/v1/recommendations/batch", response_model=BatchResponse, tags=["offers"])
@@ -106,7 +107,7 @@ def _offers_for(svc: Services, served: ServedModel,
         if item.customer is not None:
             frame = _cold_start_frame(item, served)
             state = served.bundle.state_from_frame(frame)
-            x = None
+            x, facts = None, None
         else:
             assert item.customer_id is not None
             row = svc.directory.row(item.customer_id)
@@ -117,9 +118,11 @@ def _offers_for(svc: Services, served: ServedModel,
                     'snapshotted yet, send {"customer": {"attributes": {...}, '
                     '"holdings": [...]}} instead of customer_id'
                 )
-            state = svc.directory.state(served.bundle.options).take(np.array([row]))
+            state = svc.directory.client(served.bundle.options, row)
             x = served.features[row]
-        (result,) = served.engine.recommend(state, item.k, item.objective, item.explain, x=x)
+            facts = served.facts.take(np.array([row]))
+        (result,) = served.engine.recommend(state, item.k, item.objective, item.explain, x=x,
+                                            facts=facts)  # fmt: skip
         out.append((result, item.customer is not None))
     return out
 
@@ -157,7 +160,7 @@ def _audit(svc: Services, key: ApiKey, served: ServedModel, decided: list[Any]) 
         for request_id, item, result, cold in decided
     ]  # fmt: skip
     try:
-        svc.events.record(records)
+        svc.audit.write(records)
     except Exception as exc:
         svc.metrics.audit_failures.inc(len(records))
         raise HTTPException(

@@ -33,6 +33,7 @@ from recommender.protocol import Examples
 from recommender.state import CustomerState
 
 HELD_WEIGHT = 1e-9
+CACHES = ("_cache", "_words_cache")
 LOSSES = ("warp", "bpr", "warp-kos", "logistic")
 ITEM_ATTRIBUTES = (C.CATEGORY, C.RISK_LEVEL, "family")
 
@@ -253,6 +254,10 @@ class HybridModel(Recommender):
         if not hasattr(self, "calibrator_"):
             raise NotFittedError("HybridModel has no calibrator; call calibrate(...) first")
         return self.calibrator_.predict(self.score(state) if scores is None else scores, state.held)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Derived caches are rebuilt after loading, never saved with the model."""
+        return {k: v for k, v in self.__dict__.items() if k not in CACHES}
 
     def _words(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cached: tuple[np.ndarray, np.ndarray, np.ndarray] | None = self.__dict__.get("_words_cache")
