@@ -63,7 +63,13 @@ class ModelBundle:
         dropped = self._product_matrix(frame.get(DROPPED), n) & ~held
         months = np.where(held, CENSORED, 0).astype(np.int16)
         attributes = frame.reindex(columns=self.attribute_columns).reset_index(drop=True)
-        as_of = pd.to_datetime(frame[AS_OF]) if AS_OF in frame.columns else None
+        as_of = None
+        if AS_OF in frame.columns:
+            as_of = pd.to_datetime(frame[AS_OF], errors="coerce", format="ISO8601")
+            bad = frame[AS_OF].notna() & as_of.isna()
+            if bad.any():
+                raise ConfigError(f"as_of {_plain(frame[AS_OF][bad].iloc[0])!r} is not a date "
+                                  "(expected YYYY-MM-DD)")  # fmt: skip
         dates = np.full(n, np.datetime64(self.as_of, "ns"))
         if as_of is not None:
             dates = np.where(as_of.isna(), dates, as_of.to_numpy(dtype="datetime64[ns]"))
@@ -90,10 +96,11 @@ class ModelBundle:
             if kind == "date":
                 parsed = pd.to_datetime(raw, errors="coerce", format="ISO8601")
             else:
-                parsed = pd.to_numeric(raw, errors="coerce")
+                parsed = pd.to_numeric(raw.map(_not_bool), errors="coerce")
+                parsed = parsed.where(np.isfinite(parsed.astype(float)))
             bad = raw.notna() & parsed.isna()
             if bad.any():
-                value = raw[bad].iloc[0]
+                value = _plain(raw[bad].iloc[0])
                 what = "a date (YYYY-MM-DD)" if kind == "date" else "a number"
                 raise ConfigError(f"attribute {column}: {value!r} is not {what}")
             out[column] = parsed
@@ -164,3 +171,13 @@ def _as_list(items: Any) -> list[str]:
     if isinstance(items, str):
         return [p.strip() for p in items.split(";") if p.strip()]
     return [str(p).strip() for p in items]
+
+
+def _plain(value: Any) -> Any:
+    """Numpy scalars as Python values, for messages."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _not_bool(value: Any) -> Any:
+    """True/False are not numbers (an income of True is a mistake, not 1)."""
+    return None if isinstance(value, bool | np.bool_) else value

@@ -60,6 +60,7 @@ class OfferEngine:
         x: sp.csr_matrix | None = None,
         blocked: list[dict[int, str]] | None = None,
         facts: ClientFacts | None = None,
+        reasons: int = 3,
     ) -> list[OfferList]:
         """Offers per client. `x` and `facts`: the clients' precomputed features and rule
         facts (then `state.attributes` is not read); `blocked`: extra exclusions per client
@@ -72,19 +73,19 @@ class OfferEngine:
         probability = model.predict_proba(state, scores)
         value = probability * self.bundle.margins
         decision = self.rules.decide(state, facts)
-        reasons = decision.reasons
+        excluded_why = decision.reasons
         mask = decision.blocked.copy()
         for row, extra in enumerate(blocked or []):
             for product, why in extra.items():
                 if not mask[row, product]:
                     mask[row, product] = True
-                    reasons[row][product] = why
+                    excluded_why[row][product] = why
         key = scores if objective == "propensity" else value
         items, _, displaced = top_k_distinct(key, k, mask, self.groups)
-        words = model.reasons(state, items, x=x) if explain else None
+        words = model.reasons(state, items, n=reasons, x=x) if explain and reasons else None
         return [
             self._offer_list(state, row, items[row], scores, probability, value,
-                             words[row] if words else None, reasons[row], displaced[row])
+                             words[row] if words else None, excluded_why[row], displaced[row])
             for row in range(len(state))
         ]  # fmt: skip
 

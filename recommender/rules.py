@@ -115,11 +115,15 @@ class RuleBook:
             old = age[:, None] > self.max_age[None, :]
             yield (
                 young,
-                lambda r, p: f"eligibility: minimum age {self.min_age[p]:g} (client {age[r]:.0f})",
+                lambda r, p: (
+                    f"eligibility: minimum age {self.min_age[p]:g} (client {np.floor(age[r]):.0f})"
+                ),
             )
             yield (
                 old,
-                lambda r, p: f"eligibility: maximum age {self.max_age[p]:g} (client {age[r]:.0f})",
+                lambda r, p: (
+                    f"eligibility: maximum age {self.max_age[p]:g} (client {np.floor(age[r]):.0f})"
+                ),
             )
             allowed = np.array(
                 [[not s or seg in s for s in self.segments] for seg in facts.segment]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -49,6 +50,10 @@ def build_services(settings: ServiceSettings) -> Services:
     from training.tracking import quiet_mlflow
 
     quiet_mlflow()
+    # An unreachable MLflow must not hold start-up for minutes: few, short retries, then
+    # the local copy of the last good model.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     metrics = ServiceMetrics()
     keys = KeyRing.load(settings.api_keys_file)
     directory = CustomerDirectory(settings.data_dir)
@@ -125,8 +130,24 @@ class Observe:
                 headers["X-Request-ID"] = request_id
             await send(message)
 
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_with_headers(message)
+
         try:
-            await self.app(scope, receive, send_with_headers)
+            await self.app(scope, receive, tracked)
+        except Exception:  # never a trace to the caller; the request id to quote instead
+            log.exception("unexpected error in request %s", request_id)
+            if started:
+                raise
+            response = JSONResponse(
+                status_code=500,
+                content={"detail": f"internal error; quote request id {request_id} to support"},
+            )
+            await response(scope, receive, send_with_headers)
         finally:
             self._observe(scope, status_code, time.perf_counter() - start)
 
@@ -158,15 +179,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RecommenderError)
     async def domain(request: Request, exc: RecommenderError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(exc)})
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        request_id = getattr(request.state, "request_id", "?")
-        log.exception("unexpected error in request %s", request_id)
-        return JSONResponse(
-            status_code=500,
-            content={"detail": f"internal error; quote request id {request_id} to support"},
-        )
 
 
 def app_from_env() -> FastAPI:

@@ -107,8 +107,9 @@ class ModelHolder:
                 self._load_from_mlflow(version)
                 return f"now serving version {version}"
             except Exception as exc:
-                self._failed(f"reload failed: {_first_line(exc)}")
-                return f"reload failed: {self.last_error}"
+                message = f"reload failed: {_first_line(exc)}"
+                self._failed(message)
+                return message
 
     def _registry_version(self) -> str:
         if self.pinned_version or not self.name or not self.alias:
@@ -130,8 +131,16 @@ class ModelHolder:
         self._swap(served)
 
     def _prepare(self, bundle: ModelBundle, version: str, source: str) -> ServedModel:
+        if self.directory.product_ids != bundle.product_ids:
+            raise ConfigError(
+                f"the data directory's catalog ({len(self.directory.product_ids)} products) is "
+                f"not the model's ({len(bundle.product_ids)}) in the same order; retrain the "
+                "model on this data or point RECOMMENDER_DATA_DIR at the data it was trained on"
+            )
         state = self.directory.state(bundle.options)
-        rules = RuleBook(bundle.products, self.rules, self.directory.segments(bundle.options))
+        # business rules are data: the data directory's current catalog, not the model's copy
+        catalog = self.directory.products
+        rules = RuleBook(catalog, self.rules, self.directory.segments(bundle.options))
         features = bundle.model.features(state)
         facts = client_facts(state)
         engine = OfferEngine(bundle, rules)

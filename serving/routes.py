@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import numpy as np
 import pandas as pd
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from recommender import columns as C
@@ -75,6 +76,12 @@ def recommend(body: RecommendationRequest, request: Request, svc: Svc, key: Offi
 def recommend_batch(body: BatchRequest, request: Request, svc: Svc, key: Officer) -> Any:
     """Offers for up to 1,000 clients in one call; per-client errors are reported inline."""
     served = _served(svc)
+    if len(body.requests) > svc.settings.max_batch:
+        limit, got = svc.settings.max_batch, len(body.requests)
+        raise RequestValidationError([{
+            "loc": ("body", "requests"), "type": "too_long", "input": None,
+            "msg": f"at most {limit} requests per batch (got {got})",
+        }])  # fmt: skip
     results: list[Any] = []
     audited = []
     for i, item in enumerate(body.requests):
@@ -121,8 +128,10 @@ def _offers_for(svc: Services, served: ServedModel,
             state = svc.directory.client(served.bundle.options, row)
             x = served.features[row]
             facts = served.facts.take(np.array([row]))
-        (result,) = served.engine.recommend(state, item.k, item.objective, item.explain, x=x,
-                                            facts=facts)  # fmt: skip
+        (result,) = served.engine.recommend(
+            state, item.k, item.objective, item.explain, x=x, facts=facts,
+            reasons=svc.settings.reasons_per_offer,
+        )  # fmt: skip
         out.append((result, item.customer is not None))
     return out
 

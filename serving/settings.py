@@ -25,7 +25,7 @@ class ServiceSettings(BaseSettings):
     api_keys_file: Path = Path("api_keys.json")
     local_model_dir: Path = Field(default=Path("models"), description="Last good model copy")
     poll_seconds: float = Field(default=60.0, ge=0, description="Registry poll; 0 = never")
-    max_batch: int = Field(default=1000, ge=1, le=10_000)
+    max_batch: int = Field(default=1000, ge=1, le=1000)
     eligibility_rules: bool = True
     suitability_rules: bool = True
     family_rules: bool = True

@@ -86,7 +86,7 @@ def test_catalog_errors_fail_when_the_book_is_built() -> None:
 def test_one_product_per_family_in_a_list() -> None:
     scores = np.array([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
     groups = np.array([0, 0, -1, -1, 0, -1])
-    items, values, displaced = top_k_distinct(scores, 3, np.zeros((1, 6), dtype=bool), groups)
+    items, _, displaced = top_k_distinct(scores, 3, np.zeros((1, 6), dtype=bool), groups)
     assert items.tolist() == [[0, 2, 3]]
     assert displaced[0].tolist() == [-1, 0, -1, -1, 0, -1]  # kept out by rank 1's family
     items, _, _ = top_k_distinct(scores, 6, np.array([[1, 0, 0, 0, 0, 0]], dtype=bool), groups)

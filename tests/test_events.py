@@ -1,0 +1,209 @@
+"""The audit event store against SQLite (a temporary file) and PostgreSQL.
+
+PostgreSQL runs at 127.0.0.1:5432, database `test` (trust auth; another server can be
+named in TEST_POSTGRES_URL). Each test gets a schema
+of its own (`search_path` set through libpq options in the URL), dropped afterwards. If
+the server cannot be reached the PostgreSQL cases are skipped locally and fail on CI.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from serving.events import DecisionRecord, EventStore, decisions, offers
+
+POSTGRES = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+T0 = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
+
+
+def _postgres_admin() -> Engine:
+    """An engine on the test database, or skip (locally) / fail (CI) when unreachable."""
+    engine = create_engine(POSTGRES, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        engine.dispose()
+        message = f"PostgreSQL at {POSTGRES} is unreachable ({type(exc).__name__}: {exc})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return engine
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventStore]:
+    if request.param == "sqlite":
+        events = EventStore(f"sqlite:///{tmp_path / 'events.db'}")
+        yield events
+        events.close()
+        return
+    admin = _postgres_admin()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    events = None
+    try:
+        events = EventStore(f"{POSTGRES}?options=-csearch_path%3D{schema}")
+        yield events
+    finally:
+        if events is not None:
+            events.close()
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def record(
+    request_id: str,
+    customer_id: str = "C0000042",
+    created_at: datetime = T0,
+    products: tuple[str, ...] = ("ind_recibo_ult1", "ind_nomina_ult1"),
+    key_id: str = "officer-app",
+) -> DecisionRecord:
+    return DecisionRecord(
+        request_id=request_id,
+        key_id=key_id,
+        customer_id=customer_id,
+        cold_start=False,
+        model_name="cross-sell-recommender",
+        model_version="3",
+        objective="propensity",
+        k=len(products),
+        offers=[
+            {"product_id": p, "rank": i + 1, "score": 2.5 - i, "probability": 0.02 / (i + 1)}
+            for i, p in enumerate(products)
+        ],
+        excluded=[{"product_id": "ind_cco_fin_ult1", "reason": "already held"}],
+        created_at=created_at,
+    )
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite gives naive datetimes back (stored as UTC), PostgreSQL aware ones."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def test_the_tables_live_in_the_test_schema(store: EventStore) -> None:
+    if not store.url.startswith("postgresql"):
+        pytest.skip("schemas are a PostgreSQL matter")
+    with store.engine.connect() as connection:
+        schema = connection.execute(text("SELECT current_schema()")).scalar_one()
+        tables = connection.execute(
+            text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s"),
+            {"s": schema},
+        ).scalars()
+        assert schema.startswith("t_")
+        assert set(tables) == {"decisions", "offers"}
+
+
+def test_record_and_read_back(store: EventStore) -> None:
+    first = record("r1", created_at=T0)
+    later = T0 + timedelta(minutes=5)
+    products = ("ind_tjcr_fin_ult1", "ind_ecue_fin_ult1", "ind_reca_fin_ult1")
+    second = record("r2", created_at=later, products=products)
+    other = record("r3", customer_id="C0000007", created_at=T0 + timedelta(minutes=1))
+    store.record([first])
+    store.record([second, other])
+    store.record([])  # nothing to write is not an error
+
+    assert store.count() == 3
+    assert store.count("decisions") == 3
+    assert store.count("offers") == 2 + 3 + 2
+
+    row = store.decision("r2")
+    assert row is not None
+    assert {k: v for k, v in row.items() if k != "created_at"} == {
+        "request_id": "r2", "key_id": "officer-app", "customer_id": "C0000042",
+        "cold_start": False, "model_name": "cross-sell-recommender", "model_version": "3",
+        "objective": "propensity", "k": 3, "offers": second.offers,
+        "excluded": [{"product_id": "ind_cco_fin_ult1", "reason": "already held"}],
+    }  # fmt: skip
+    assert _utc(row["created_at"]) == second.created_at
+    assert store.decision("missing") is None
+
+    made = store.offers_for("C0000042")
+    assert [(o["request_id"], o["product_id"], o["rank"]) for o in made] == [
+        ("r2", "ind_tjcr_fin_ult1", 1),  # newest decision first, then by rank
+        ("r2", "ind_ecue_fin_ult1", 2),
+        ("r2", "ind_reca_fin_ult1", 3),
+        ("r1", "ind_recibo_ult1", 1),
+        ("r1", "ind_nomina_ult1", 2),
+    ]
+    assert made[0]["score"] == pytest.approx(2.5)
+    assert made[1]["probability"] == pytest.approx(0.01)
+    assert _utc(made[0]["created_at"]) == second.created_at
+    assert [o["request_id"] for o in store.offers_for("C0000042", limit=2)] == ["r2", "r2"]
+    assert [o["request_id"] for o in store.offers_for("C0000007")] == ["r3", "r3"]
+    assert store.offers_for("nobody") == []
+
+
+def test_a_failing_batch_leaves_no_row_of_it(store: EventStore) -> None:
+    store.record([record("kept")])
+    with pytest.raises(IntegrityError):
+        store.record([record("new-1"), record("new-2"), record("kept")])  # "kept" again
+    with pytest.raises(IntegrityError):
+        store.record([record("dup"), record("dup")])  # duplicate inside one batch
+    assert store.count() == 1
+    assert store.count("offers") == 2
+    for request_id in ("new-1", "new-2", "dup"):
+        assert store.decision(request_id) is None
+    assert [o["request_id"] for o in store.offers_for("C0000042")] == ["kept", "kept"]
+
+    store.record([record("after")])  # the store still works after a failed transaction
+    assert store.count() == 2
+
+
+def test_concurrent_writers_all_land(store: EventStore) -> None:
+    def writer(thread: int) -> int:
+        for i in range(50):
+            store.record([record(f"w{thread}-{i}", customer_id=f"C{thread:07d}",
+                                 created_at=T0 + timedelta(seconds=i))])  # fmt: skip
+        return thread
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert sorted(pool.map(writer, range(8))) == list(range(8))
+    assert store.count() == 400
+    assert store.count("offers") == 800
+    with store.engine.connect() as connection:
+        ids = set(connection.execute(select(decisions.c.request_id)).scalars())
+        per_request = connection.execute(select(offers.c.request_id)).scalars().all()
+    assert ids == {f"w{t}-{i}" for t in range(8) for i in range(50)}
+    assert len(per_request) == 800 and set(per_request) == ids
+    assert len(store.offers_for("C0000003", limit=1000)) == 100
+
+
+def test_ping(store: EventStore, tmp_path: Path) -> None:
+    assert store.ping() is True
+    good = store.engine
+    if store.url.startswith("sqlite"):
+        store.engine = create_engine(f"sqlite:///{tmp_path / 'no-such-dir' / 'events.db'}")
+    else:
+        store.engine = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/test",
+                                     connect_args={"connect_timeout": 2})  # fmt: skip
+    try:
+        assert store.ping() is False
+    finally:
+        store.engine.dispose()
+        store.engine = good
+
+
+def test_a_second_store_on_the_same_database_sees_the_rows(store: EventStore) -> None:
+    """Start-up creates the tables only if absent: a restart keeps the audit trail."""
+    store.record([record("before-restart")])
+    again = EventStore(store.url)
+    try:
+        assert again.count() == 1
+        assert again.decision("before-restart") is not None
+    finally:
+        again.close()
