@@ -181,11 +181,17 @@ class AuditWriter:
 
     def write(self, records: list[DecisionRecord], timeout: float = 30.0) -> None:
         """Return once `records` are committed; raise if they could not be."""
-        if not records:
-            return
+        if records:
+            self.submit(records).result(timeout)
+
+    def submit(self, records: list[DecisionRecord]) -> Future[None]:
+        """Hand over `records`; the future completes when they are committed."""
         done: Future[None] = Future()
+        if not records:
+            done.set_result(None)
+            return done
         self._queue.put((records, done))
-        done.result(timeout)
+        return done
 
     def _run(self) -> None:
         while True:
