@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from recommender import columns as C
-from recommender.errors import DataError
+from recommender.errors import DataError, first_line
 
 ISO_DATE = r"^\d{4}-\d{2}-\d{2}$"
 _EXAMPLES = 3
@@ -83,7 +83,7 @@ def read_table(path: Path, string_columns: tuple[str, ...] = ()) -> pd.DataFrame
             dtypes = dict.fromkeys(string_columns, "string")
             frame = pd.read_csv(path, dtype=dtypes, skipinitialspace=True)
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise DataError(
             f"{path.name}: cannot be read as {path.suffix[1:]} ({reason}); "
             "check that the file is complete and UTF-8 encoded"

@@ -19,3 +19,9 @@ class NotFittedError(RecommenderError):
 
 class ModelFitError(RecommenderError):
     """Fitting produced an unusable model (e.g. NaN scores)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type), for one-line errors."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

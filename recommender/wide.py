@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from recommender import columns as C
-from recommender.errors import DataError
+from recommender.errors import DataError, first_line
 from recommender.storage import Table, write_tables_atomically
 
 FORMATS = ("parquet", "csv")
@@ -136,7 +136,7 @@ def _read_text(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: no such file; check the path") from exc
     # OSError: unreadable; ValueError covers UnicodeDecodeError, ParserError, EmptyDataError.
     except (OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise DataError(
             f"{path}: cannot be read as CSV ({reason}); "
             "check that it is a complete, UTF-8 encoded CSV file with a header row"

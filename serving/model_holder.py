@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recommender.bundle import ModelBundle
-from recommender.errors import ConfigError
+from recommender.errors import ConfigError, first_line
 from recommender.offer import OfferEngine
 from recommender.rules import ClientFacts, RuleBook, RuleSettings, client_facts
 from serving.customers import CustomerDirectory
@@ -87,7 +87,7 @@ class ModelHolder:
         except ConfigError:
             raise
         except Exception as exc:  # MLflow unreachable or model missing
-            self._failed(f"cannot load {self.model_uri} from MLflow: {_first_line(exc)}")
+            self._failed(f"cannot load {self.model_uri} from MLflow: {first_line(exc)}")
             self._load_local_copy()
 
     def check(self) -> str:
@@ -107,7 +107,7 @@ class ModelHolder:
                 self._load_from_mlflow(version)
                 return f"now serving version {version}"
             except Exception as exc:
-                message = f"reload failed: {_first_line(exc)}"
+                message = f"reload failed: {first_line(exc)}"
                 self._failed(message)
                 return message
 
@@ -226,11 +226,6 @@ class ModelHolder:
             "last_error": self.last_error,
             "last_check": self.last_check,
         }  # fmt: skip
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:

@@ -11,7 +11,7 @@ import pandas as pd
 from recommender import columns as C
 from recommender.bundle import ModelBundle
 from recommender.dataset import load_bank_data
-from recommender.errors import ConfigError, RecommenderError
+from recommender.errors import ConfigError, RecommenderError, first_line
 from recommender.state import HoldingsCube
 from recommender.storage import write_tables_atomically
 from training.tracking import configure
@@ -29,7 +29,7 @@ def load_bundle(model_uri: str, tracking_uri: str | None = None) -> ModelBundle:
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except (MlflowException, OSError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise RecommenderError(
             f"cannot load model {model_uri!r} from {uri} ({first}); train one with "
             "`recommender train` or check --model / --tracking-uri"
