@@ -38,6 +38,7 @@ Progress = Callable[[str], None]
 @dataclass(frozen=True)
 class PipelineResult:
     report: dict[str, Any]
+    latest: CustomerState  # every customer at the newest snapshot
     bundle: ModelBundle
     split: Split
     results: list[ModelResult]
@@ -99,7 +100,7 @@ def run_pipeline(
         metadata={"protocol": resolve(protocol, data), "k": k},
     )
     hit_rates = {r.name: per_product_hit_rate(the_split, r, data.product_ids) for r in results}
-    return PipelineResult(the_report, bundle, the_split, results, hit_rates, quality)
+    return PipelineResult(the_report, latest, bundle, the_split, results, hit_rates, quality)
 
 
 def _check_finite(model: HybridModel, state: CustomerState) -> None:

@@ -20,6 +20,7 @@ import pandas as pd
 from recommender import columns as C
 from recommender.bundle import DROPPED, HOLDINGS, ModelBundle
 from recommender.errors import ConfigError
+from recommender.state import CustomerState
 
 BUNDLE_ARTIFACT = "bundle"
 DEFAULT_PARAMS: dict[str, Any] = {"k": 7, "objective": "propensity", "explain": True}
@@ -57,12 +58,13 @@ class NextBestOfferModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-d
         )
 
 
-def input_example(bundle: ModelBundle, data_customers: pd.DataFrame, held: np.ndarray,
-                  n: int = 3) -> pd.DataFrame:  # fmt: skip
+def input_example(bundle: ModelBundle, state: CustomerState, n: int = 3) -> pd.DataFrame:
     """A few real customers as pyfunc input (ids, attributes, held product lists)."""
-    frame = data_customers.head(n).reset_index(drop=True).copy()
+    rows = np.arange(min(n, len(state)))
+    frame = state.attributes.iloc[rows].reset_index(drop=True).copy()
+    frame.insert(0, C.CUSTOMER_ID, state.customer_ids[rows])
     ids = bundle.product_ids
-    frame[HOLDINGS] = [[ids[j] for j in np.flatnonzero(row)] for row in held[:n]]
-    frame[DROPPED] = [[] for _ in range(len(frame))]
+    frame[HOLDINGS] = [[ids[j] for j in np.flatnonzero(row)] for row in state.held[rows]]
+    frame[DROPPED] = [[ids[j] for j in np.flatnonzero(row)] for row in state.dropped[rows]]
     keep = [C.CUSTOMER_ID, *bundle.attribute_columns, HOLDINGS, DROPPED]
     return frame[[c for c in keep if c in frame.columns]]

@@ -21,7 +21,7 @@ from recommender.columns import CUSTOMER_ID
 from recommender.dataset import fingerprint, load_bank_data
 from recommender.models.hybrid import HybridConfig
 from recommender.pipeline import PipelineResult, run_pipeline
-from recommender.state import HoldingsCube, StateOptions
+from recommender.state import StateOptions
 from training import charts
 from training.pyfunc import (
     BUNDLE_ARTIFACT,
@@ -90,8 +90,7 @@ def _log_run(
     report = result.report
     k = report["k"]
     bundle = result.bundle
-    cube = HoldingsCube.from_data(data)
-    example = input_example(bundle, cube.data.customers, cube.held[-1])
+    example = input_example(bundle, result.latest)
     output = bundle.recommend(bundle.state_from_frame(example), DEFAULT_PARAMS["k"])
     signature = _optional_attributes(infer_signature(example, output, params=DEFAULT_PARAMS))
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run() as run:
