@@ -107,6 +107,13 @@ class RuleBook:
             blocked |= new
         return Decision(blocked, reasons)
 
+    def blocked(self, state: CustomerState, facts: ClientFacts | None = None) -> np.ndarray:
+        """Only the (clients, products) mask of `decide`, without reasons: for millions."""
+        mask = np.zeros(state.held.shape, dtype=bool)
+        for rule_mask, _ in self._checks(state, facts or client_facts(state)):
+            mask |= rule_mask
+        return mask
+
     def _checks(self, state: CustomerState, facts: ClientFacts) -> Iterator[Check]:
         yield state.held, lambda r, p: HELD
         if self.settings.eligibility:

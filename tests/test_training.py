@@ -371,7 +371,8 @@ def test_batch_scoring_offers_every_customer_only_products_not_held(
 ) -> None:
     use(trained.uri, tmp_path, monkeypatch)
     bundle = load_bundle(CHAMPION_URI, trained.uri)
-    out = write_scores(score_directory(bank_dir, bundle, K), tmp_path / "scores.parquet")
+    frame = score_directory(bank_dir, bundle, K, rules=False)  # held exclusion alone
+    out = write_scores(frame, tmp_path / "scores.parquet")
     scores = pd.read_parquet(out)
 
     customers = pd.read_parquet(bank_dir / "customers.parquet")[C.CUSTOMER_ID].astype(str)
@@ -401,7 +402,7 @@ def test_batch_scoring_of_tier_a_keeps_only_the_top_fifth_by_income(
 ) -> None:
     use(trained.uri, tmp_path, monkeypatch)
     bundle = load_bundle(CHAMPION_URI, trained.uri)
-    scores = score_directory(bank_dir, bundle, K, tier="A")
+    scores = score_directory(bank_dir, bundle, K, tier="A", rules=False)
 
     customers = pd.read_parquet(bank_dir / "customers.parquet")
     income = customers["income"].fillna(customers["income"].median())
@@ -469,7 +470,9 @@ def test_cli_train_promote_score(bank_dir: Path, store: str, tmp_path: Path) -> 
     assert len(lines) == 1, promoted.stderr
     assert lines[0].startswith("error: ") and "has no challenger" in lines[0]
 
-    scored = run(tmp_path, "score", str(bank_dir), "--out", "s.csv", "--tracking-uri", store)
+    scored = run(
+        tmp_path, "score", str(bank_dir), "--out", "s.csv", "--tracking-uri", store, "--no-rules"
+    )
     assert scored.returncode == 0, scored.stderr
     scores = pd.read_csv(tmp_path / "s.csv")
     assert scores[C.CUSTOMER_ID].nunique() == 3000
@@ -521,3 +524,25 @@ def test_tune_logs_nested_trials_and_writes_a_loadable_config(
     assert outcome.best_map == pytest.approx(max(best_trial, outcome.default_map))
     logged = mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/best_config.json")
     assert HybridConfig.from_dict(logged) == config
+
+
+def test_batch_scoring_applies_the_business_rules(
+    trained: Trained, bank_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recommender.dataset import load_bank_data
+    from recommender.rules import RuleBook
+    from recommender.state import HoldingsCube
+
+    use(trained.uri, tmp_path, monkeypatch)
+    bundle = load_bundle(CHAMPION_URI, trained.uri)
+    scores = score_directory(bank_dir, bundle, K)
+    data = load_bank_data(bank_dir)
+    state = HoldingsCube.from_data(data).state_at(len(data.snapshots) - 1, bundle.options)
+    blocked = RuleBook(data.products).blocked(state)
+    rows = pd.Index(state.customer_ids).get_indexer(scores[C.CUSTOMER_ID])
+    cols = pd.Index(bundle.product_ids).get_indexer(scores[C.PRODUCT_ID])
+    assert not blocked[rows, cols].any()  # no offer breaks a rule
+    unruled = score_directory(bank_dir, bundle, K, rules=False)
+    rows = pd.Index(state.customer_ids).get_indexer(unruled[C.CUSTOMER_ID])
+    cols = pd.Index(bundle.product_ids).get_indexer(unruled[C.PRODUCT_ID])
+    assert blocked[rows, cols].any()  # ...which the model alone would have broken

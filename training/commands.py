@@ -116,6 +116,7 @@ def score(
     tier: Annotated[str | None, typer.Option(help="Only this value tier (A, B or C).")] = None,
     objective: Annotated[str, typer.Option(help="propensity or expected_value.")] = "propensity",
     explain: Annotated[bool, typer.Option(help="Add reasons in words.")] = True,
+    rules: Annotated[bool, typer.Option(help="Apply the catalog's business rules.")] = True,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
 ) -> None:
     """Batch next-best-offer for every customer of a data directory."""
@@ -136,6 +137,7 @@ def score(
             tier,
             objective,
             explain,
+            rules,
             advance=lambda n: bar.update(task, advance=n),
             start=lambda n: bar.update(task, total=n, completed=0, description="scoring"),
         )

@@ -12,6 +12,7 @@ from recommender import columns as C
 from recommender.bundle import ModelBundle
 from recommender.dataset import load_bank_data
 from recommender.errors import ConfigError, RecommenderError, first_line
+from recommender.rules import RuleBook
 from recommender.state import HoldingsCube
 from recommender.storage import write_tables_atomically
 from training.tracking import configure
@@ -48,10 +49,12 @@ def score_directory(
     tier: str | None = None,
     objective: str = "propensity",
     explain: bool = True,
+    rules: bool = True,
     advance: Advance | None = None,
     start: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
-    """Top-k offers for every customer at the as-of snapshot (default: the latest)."""
+    """Top-k offers for every customer at the as-of snapshot (default: the latest); with
+    `rules`, the catalog's business rules (eligibility, suitability, families) apply too."""
     data = load_bank_data(data_dir)
     missing = sorted(set(bundle.product_ids) ^ set(data.product_ids))
     if missing:
@@ -67,10 +70,15 @@ def score_directory(
         state = state.take(np.flatnonzero(state.tier == tier))
     if start:
         start(len(state))
+    book = (
+        RuleBook(data.products, known_segments={str(s) for s in state.segment}) if rules else None
+    )
     parts = []
     for begin in range(0, len(state), CHUNK):
         rows = np.arange(begin, min(begin + CHUNK, len(state)))
-        parts.append(bundle.recommend(state.take(rows), k, objective, explain))
+        chunk = state.take(rows)
+        exclude = book.blocked(chunk) if book is not None else None
+        parts.append(bundle.recommend(chunk, k, objective, explain, exclude=exclude))
         if advance:
             advance(len(rows))
     columns = [C.CUSTOMER_ID, C.RANK, C.PRODUCT_ID, C.SCORE, C.PROBABILITY, "expected_value"]
