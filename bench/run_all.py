@@ -1,6 +1,6 @@
 """Run every benchmark (`make bench`); each prints its figures and ratios."""
 
-from bench import bench_generator, bench_quality, bench_scoring, bench_training
+from bench import bench_generator, bench_quality, bench_scoring, bench_serving, bench_training
 
 
 def main() -> None:
@@ -8,6 +8,7 @@ def main() -> None:
     bench_scoring.main()
     bench_training.main()
     bench_quality.main()
+    bench_serving.main()  # needs wrk (apt-get install wrk); skipped without it
 
 
 if __name__ == "__main__":
