@@ -53,6 +53,7 @@ class HybridConfig:
     num_threads: int = 0  # 0: all cores (members are fitted in parallel)
     ensemble: int = 2  # members with seeds random_state, random_state+1, ...; scores averaged
     item_features: bool = True  # category, risk level, family besides the product id
+    held_not_negative: bool = True  # WARP never samples a held product as a negative
     normalize: bool = False  # scale each customer's feature row to sum 1
     features: FeatureOptions = field(default_factory=FeatureOptions)
 
@@ -134,7 +135,7 @@ class HybridModel(Recommender):
             products, cfg.item_features
         )
         users = self._user_features(train.state, cfg)
-        interactions, weights = _interactions(train)
+        interactions, weights = _interactions(train, cfg.held_not_negative)
         threads = cfg.num_threads or _cpu_count()
         seeds = [cfg.random_state + m for m in range(cfg.ensemble)]
         with ThreadPoolExecutor(max_workers=min(threads, cfg.ensemble)) as pool:
@@ -286,10 +287,13 @@ def _names(products: pd.DataFrame) -> dict[str, str]:
     return {str(p): str(n) for p, n in zip(products[C.PRODUCT_ID], names, strict=True)}
 
 
-def _interactions(train: Examples) -> tuple[sp.coo_matrix, sp.coo_matrix]:
+def _interactions(
+    train: Examples, held_not_negative: bool = True
+) -> tuple[sp.coo_matrix, sp.coo_matrix]:
     """Acquired products are positives; held products are listed with a negligible weight
     so WARP never samples them as negatives (they are never offered anyway)."""
-    listed = sp.coo_matrix((train.targets | train.state.held).astype(np.float32))
+    listed_mask = train.targets | train.state.held if held_not_negative else train.targets
+    listed = sp.coo_matrix(listed_mask.astype(np.float32))
     acquired = train.targets[listed.row, listed.col]
     weights = np.where(acquired, 1.0, HELD_WEIGHT).astype(np.float32)
     return listed, sp.coo_matrix((weights, (listed.row, listed.col)), shape=listed.shape)
