@@ -46,7 +46,7 @@ class OfferEngine:
             rules.family_index() if rules.settings.families else np.full(len(rules.ids), -1)
         )
         products = bundle.products
-        self.names = [str(v) for v in products.get(C.NAME, products[C.PRODUCT_ID])]
+        self.names = rules.names  # same catalog, same order (checked where both are loaded)
         self.categories = [
             str(v) if v == v else None for v in products.get(C.CATEGORY, [None] * len(products))
         ]

@@ -84,9 +84,9 @@ def run_pipeline(
     the_report["calibration"] = quality
     if progress:
         progress("refitting on all data")
-    final = HybridModel(config).fit(refit_examples(data, protocol, options), data.products)
+    cube = HoldingsCube.from_data(data)  # built once: refit examples and the newest states
+    final = HybridModel(config).fit(refit_examples(data, protocol, options, cube), data.products)
     final.calibrate(calibrator)
-    cube = HoldingsCube.from_data(data)
     latest = cube.state_at(len(cube.dates) - 1, options)
     _check_finite(final, latest)
     assert latest.tiering is not None  # state_at always sets it

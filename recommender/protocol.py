@@ -119,10 +119,16 @@ def held_product_examples(state: CustomerState) -> Examples:
     return Examples(state.take(rows).without(products), targets)
 
 
-def refit_examples(data: BankData, protocol: str, options: StateOptions | None = None) -> Examples:
-    """All training examples the data holds, the test snapshot included (for the final fit)."""
+def refit_examples(
+    data: BankData,
+    protocol: str,
+    options: StateOptions | None = None,
+    cube: HoldingsCube | None = None,
+) -> Examples:
+    """All training examples the data holds, the test snapshot included (for the final fit).
+    `cube`: the data's holdings cube, if the caller has built it already."""
     options = options or StateOptions()
-    cube = HoldingsCube.from_data(data)
+    cube = cube or HoldingsCube.from_data(data)
     if resolve(protocol, data) == TEMPORAL:
         return acquisition_examples(cube, options)
     return held_product_examples(cube.state_at(len(cube.dates) - 1, options))
