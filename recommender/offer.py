@@ -61,10 +61,13 @@ class OfferEngine:
         blocked: list[dict[int, str]] | None = None,
         facts: ClientFacts | None = None,
         reasons: int = 3,
+        ranking: np.ndarray | None = None,
     ) -> list[OfferList]:
         """Offers per client. `x` and `facts`: the clients' precomputed features and rule
         facts (then `state.attributes` is not read); `blocked`: extra exclusions per client
-        ({product index: reason}), e.g. from a contact policy."""
+        ({product index: reason}), e.g. from a contact policy; `ranking`: a key per
+        product that ranks instead of the model (an offer policy such as popularity;
+        probabilities and values still come from the model, reasons are not given)."""
         if objective not in OBJECTIVES:
             raise ConfigError(f"objective {objective!r}: use {' or '.join(OBJECTIVES)}")
         model = self.bundle.model
@@ -81,6 +84,9 @@ class OfferEngine:
                     mask[row, product] = True
                     excluded_why[row][product] = why
         key = scores if objective == "propensity" else value
+        if ranking is not None:
+            key = np.broadcast_to(np.asarray(ranking, dtype=scores.dtype), scores.shape)
+            reasons = 0
         items, _, displaced = top_k_distinct(key, k, mask, self.groups)
         words = model.reasons(state, items, n=reasons, x=x) if explain and reasons else None
         return [

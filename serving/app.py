@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -18,10 +19,12 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from recommender.contact import ContactPolicy
 from recommender.errors import RecommenderError
 from recommender.rules import RuleSettings
 from serving.customers import CustomerDirectory
 from serving.events import AuditWriter, EventStore
+from serving.experiments import ExperimentBook, popularity
 from serving.keys import KeyRing
 from serving.metrics import ServiceMetrics
 from serving.model_holder import ModelHolder
@@ -44,6 +47,9 @@ class Services:
     audit: AuditWriter
     holder: ModelHolder
     metrics: ServiceMetrics
+    experiments: ExperimentBook
+    contact: ContactPolicy
+    popularity: np.ndarray  # the popularity policy's key: share of clients per product
 
 
 def build_services(settings: ServiceSettings) -> Services:
@@ -74,7 +80,13 @@ def build_services(settings: ServiceSettings) -> Services:
     holder.on_event = on_event
     holder.start()
     holder.start_polling(settings.poll_seconds)
-    return Services(settings, keys, directory, events, AuditWriter(events), holder, metrics)
+    book = ExperimentBook(events, holder, settings.experiment_refresh_seconds,
+                          settings.poll_seconds)  # fmt: skip
+    book.start()
+    contact = ContactPolicy(settings.decline_suppress_days, settings.max_offers_per_week)
+    popular = popularity(directory.cube.held[-1])
+    return Services(settings, keys, directory, events, AuditWriter(events), holder, metrics,
+                    book, contact, popular)  # fmt: skip
 
 
 def create_app(
@@ -91,6 +103,7 @@ def create_app(
         gc.freeze()
         yield
         app.state.services.holder.stop()
+        app.state.services.experiments.stop()
         app.state.services.audit.close()
         app.state.services.events.close()
 

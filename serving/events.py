@@ -2,7 +2,13 @@
 
 SQLite by default (WAL mode), any SQLAlchemy URL such as
 `postgresql+psycopg://user@host/db`. A decision is written in one transaction with one
-row per offered product, so the audit trail and the offers table never disagree.
+row per offered product, so the audit trail and the offers table never disagree. An
+offer made under an experiment is an exposure: its row carries the experiment and the
+variant. Feedback (shown / accepted / declined / converted) is one row per request,
+product and outcome, so a repeat is a no-op. Experiments are stored here too, so every
+worker reads the same definitions.
+
+New columns are added to existing tables at start-up (additive migration only).
 """
 
 from __future__ import annotations
@@ -10,11 +16,13 @@ from __future__ import annotations
 import json
 import queue
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pandas as pd
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -25,14 +33,18 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    UniqueConstraint,
     create_engine,
     event,
     func,
     insert,
+    inspect,
     select,
     text,
 )
 from sqlalchemy.engine import Engine
+
+from recommender.experiment import Experiment
 
 metadata = MetaData()
 
@@ -50,6 +62,9 @@ decisions = Table(
     Column("k", Integer, nullable=False),
     Column("offers", JSON, nullable=False),
     Column("excluded", JSON, nullable=False),
+    Column("channel", String(64), nullable=True),
+    Column("experiment", String(64), nullable=True, index=True),
+    Column("variant", String(64), nullable=True),
 )
 
 offers = Table(
@@ -63,7 +78,50 @@ offers = Table(
     Column("score", Float, nullable=False),
     Column("probability", Float, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("experiment", String(64), nullable=True, index=True),
+    Column("variant", String(64), nullable=True),
 )
+
+OUTCOMES = ("shown", "accepted", "declined", "converted")
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), nullable=False, index=True),
+    Column("customer_id", String(128), nullable=False, index=True),
+    Column("product_id", String(128), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("source", String(16), nullable=False),  # "api" | "snapshot"
+    Column("key_id", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("request_id", "product_id", "outcome", name="uq_feedback_once"),
+)
+
+experiments = Table(
+    "experiments",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("channel", String(64), nullable=False),
+    Column("definition", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("stopped_at", DateTime(timezone=True), nullable=True),
+)
+
+
+class ExperimentConflict(Exception):
+    """An experiment with that name exists, or another runs in the channel."""
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    request_id: str
+    customer_id: str
+    product_id: str
+    outcome: str
+    key_id: str
+    source: str = "api"
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 @dataclass(frozen=True)
@@ -79,6 +137,12 @@ class DecisionRecord:
     offers: list[dict[str, Any]]
     excluded: list[dict[str, str]]
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    channel: str | None = None
+    experiment: str | None = None
+    variant: str | None = None
+
+
+Record = DecisionRecord | FeedbackRecord
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
@@ -93,16 +157,134 @@ class EventStore:
         self.url = url
         self.engine: Engine = _engine(url)
         metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
 
-    def record(self, records: list[DecisionRecord]) -> None:
-        """Append decisions and their offers in one transaction (all or nothing)."""
+    def record(self, records: Sequence[Record]) -> None:
+        """Append decisions with their offers, and feedback, in one transaction (all or
+        nothing). Feedback already recorded is skipped (idempotent)."""
+        chosen = [r for r in records if isinstance(r, DecisionRecord)]
+        answers = [r for r in records if isinstance(r, FeedbackRecord)]
         if not records:
             return
         with self.engine.begin() as connection:
-            connection.execute(insert(decisions), [_decision_row(r) for r in records])
-            rows = [_offer_row(r, o) for r in records for o in r.offers]
-            if rows:
-                connection.execute(insert(offers), rows)
+            if chosen:
+                connection.execute(insert(decisions), [_decision_row(r) for r in chosen])
+                rows = [_offer_row(r, o) for r in chosen for o in r.offers]
+                if rows:
+                    connection.execute(insert(offers), rows)
+            if answers:
+                connection.execute(_insert_once(self.engine, feedback),
+                                   [r.__dict__ for r in answers])  # fmt: skip
+
+    def offered(self, request_id: str) -> dict[str, Any] | None:
+        """The decision `request_id` and the products it offered (None: unknown)."""
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(decisions.c.customer_id, decisions.c.experiment, decisions.c.variant).where(
+                    decisions.c.request_id == request_id
+                )
+            ).first()
+            if row is None:
+                return None
+            products = connection.execute(
+                select(offers.c.product_id).where(offers.c.request_id == request_id)
+            ).scalars()
+            return {**row._mapping, "products": set(products)}
+
+    def has_feedback(self, request_id: str, product_id: str, outcome: str) -> bool:
+        query = select(feedback.c.id).where(
+            feedback.c.request_id == request_id, feedback.c.product_id == product_id,
+            feedback.c.outcome == outcome,
+        )  # fmt: skip
+        with self.engine.connect() as connection:
+            return connection.execute(query).first() is not None
+
+    def contact_history(self, customer_id: str, offers_since: datetime,
+                        declines_since: datetime) -> tuple[int, set[str]]:  # fmt: skip
+        """(offers made to the client since `offers_since`, products the client declined
+        since `declines_since`): what the contact policy needs."""
+        count = (
+            select(func.count())
+            .select_from(offers)
+            .where(offers.c.customer_id == customer_id, offers.c.created_at >= offers_since)
+        )
+        declined = select(feedback.c.product_id).where(
+            feedback.c.customer_id == customer_id, feedback.c.outcome == "declined",
+            feedback.c.created_at >= declines_since,
+        )  # fmt: skip
+        with self.engine.connect() as connection:
+            n = int(connection.execute(count).scalar_one())
+            return n, set(connection.execute(declined).scalars())
+
+    # ---- experiments -----------------------------------------------------------------
+    def create_experiment(self, experiment: Experiment) -> None:
+        """Store a new experiment; ExperimentConflict if the name is taken or another
+        experiment runs in the same channel at overlapping times."""
+        with self.engine.begin() as connection:
+            taken = connection.execute(
+                select(experiments.c.name).where(experiments.c.name == experiment.name)
+            ).first()
+            if taken:
+                raise ExperimentConflict(
+                    f"an experiment named {experiment.name!r} exists; pick another name"
+                )
+            for other in self._experiments(connection, experiment.channel):
+                if other.overlaps(experiment):
+                    raise ExperimentConflict(
+                        f"experiment {other.name!r} runs in channel {other.channel!r} at "
+                        "overlapping times; stop it first (POST /v1/experiments/"
+                        f"{other.name}/stop) or choose another channel or start time"
+                    )
+            connection.execute(insert(experiments).values(
+                name=experiment.name, channel=experiment.channel,
+                definition=experiment.to_dict(), created_at=datetime.now(UTC),
+                stopped_at=experiment.stopped_at,
+            ))  # fmt: skip
+
+    def experiments(self) -> list[Experiment]:
+        with self.engine.connect() as connection:
+            return self._experiments(connection, None)
+
+    def experiment(self, name: str) -> Experiment | None:
+        return next((e for e in self.experiments() if e.name == name), None)
+
+    def stop_experiment(self, name: str, when: datetime) -> Experiment | None:
+        with self.engine.begin() as connection:
+            row = connection.execute(
+                select(experiments.c.definition).where(experiments.c.name == name)
+            ).first()
+            if row is None:
+                return None
+            definition = dict(row.definition)
+            if not definition.get("stopped_at"):
+                definition["stopped_at"] = when.isoformat()
+                connection.execute(
+                    experiments.update().where(experiments.c.name == name)
+                    .values(definition=definition, stopped_at=when)
+                )  # fmt: skip
+            return Experiment.from_dict(definition)
+
+    @staticmethod
+    def _experiments(connection: Any, channel: str | None) -> list[Experiment]:
+        query = select(experiments.c.definition).order_by(experiments.c.created_at)
+        if channel is not None:
+            query = query.where(experiments.c.channel == channel)
+        return [Experiment.from_dict(row.definition) for row in connection.execute(query)]
+
+    # ---- what reports read -----------------------------------------------------------
+    def frame(self, table: str, experiment: str | None = None) -> pd.DataFrame:
+        """A whole table (or an experiment's rows of it) as a DataFrame."""
+        target = metadata.tables[table]
+        query = select(target)
+        if experiment is not None:
+            if "experiment" in target.c:
+                query = query.where(target.c.experiment == experiment)
+            else:  # feedback: through its decision
+                ids = select(decisions.c.request_id).where(decisions.c.experiment == experiment)
+                query = query.where(target.c.request_id.in_(ids))
+        with self.engine.connect() as connection:
+            result = connection.execute(query)
+            return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
 
     def offers_for(self, customer_id: str, limit: int = 50) -> list[dict[str, Any]]:
         query = (
@@ -113,7 +295,20 @@ class EventStore:
             .limit(limit)
         )  # fmt: skip
         with self.engine.connect() as connection:
-            return [dict(row._mapping) for row in connection.execute(query)]
+            made = [dict(row._mapping) for row in connection.execute(query)]
+            ids = {m["request_id"] for m in made}
+            answers = connection.execute(
+                select(feedback.c.request_id, feedback.c.product_id, feedback.c.outcome)
+                .where(feedback.c.request_id.in_(ids))
+            ).all() if ids else []  # fmt: skip
+        seen: dict[tuple[str, str], list[str]] = {}
+        for request_id, product_id, outcome in answers:
+            seen.setdefault((request_id, product_id), []).append(outcome)
+        for m in made:
+            got = sorted(seen.get((m["request_id"], m["product_id"]), []), key=OUTCOMES.index)
+            m["outcomes"] = got
+            m["outcome"] = _furthest(got)
+        return made
 
     def decision(self, request_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as connection:
@@ -155,6 +350,7 @@ def _decision_row(record: DecisionRecord) -> dict[str, Any]:
         "model_version": record.model_version, "objective": record.objective, "k": record.k,
         "offers": json.loads(json.dumps(record.offers)),
         "excluded": json.loads(json.dumps(record.excluded)),
+        "channel": record.channel, "experiment": record.experiment, "variant": record.variant,
     }  # fmt: skip
 
 
@@ -163,7 +359,45 @@ def _offer_row(record: DecisionRecord, offer: dict[str, Any]) -> dict[str, Any]:
         "request_id": record.request_id, "customer_id": record.customer_id,
         "product_id": offer["product_id"], "rank": offer["rank"], "score": offer["score"],
         "probability": offer["probability"], "created_at": record.created_at,
+        "experiment": record.experiment, "variant": record.variant,
     }  # fmt: skip
+
+
+def _furthest(outcomes: list[str]) -> str | None:
+    """The outcome that tells most: converted, then accepted or declined, then shown."""
+    for outcome in ("converted", "accepted", "declined", "shown"):
+        if outcome in outcomes:
+            return outcome
+    return None
+
+
+def _insert_once(engine: Engine, table: Table) -> Any:
+    """INSERT that skips rows violating a unique constraint (SQLite and PostgreSQL)."""
+    if engine.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing()
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    return insert(table)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Additive migration: columns this version defines that an older store lacks are
+    added (all of them nullable), so an existing events database keeps its history."""
+    found = inspect(engine)
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in found.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            kind = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as connection:
+                connection.execute(
+                    text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+                )
 
 
 class AuditWriter:
@@ -175,16 +409,16 @@ class AuditWriter:
     def __init__(self, store: EventStore, max_batch: int = 500) -> None:
         self.store = store
         self.max_batch = max_batch
-        self._queue: queue.Queue[tuple[list[DecisionRecord], Future[None]] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Sequence[Record], Future[None]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, daemon=True, name="audit-writer")
         self._thread.start()
 
-    def write(self, records: list[DecisionRecord], timeout: float = 30.0) -> None:
+    def write(self, records: Sequence[Record], timeout: float = 30.0) -> None:
         """Return once `records` are committed; raise if they could not be."""
         if records:
             self.submit(records).result(timeout)
 
-    def submit(self, records: list[DecisionRecord]) -> Future[None]:
+    def submit(self, records: Sequence[Record]) -> Future[None]:
         """Hand over `records`; the future completes when they are committed."""
         done: Future[None] = Future()
         if not records:
@@ -210,7 +444,7 @@ class AuditWriter:
                 batch.append(more)
             self._commit(batch)
 
-    def _commit(self, batch: list[tuple[list[DecisionRecord], Future[None]]]) -> None:
+    def _commit(self, batch: list[tuple[Sequence[Record], Future[None]]]) -> None:
         try:
             self.store.record([r for records, _ in batch for r in records])
         except Exception:

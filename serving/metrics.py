@@ -23,6 +23,8 @@ class ServiceMetrics:
                            ["name", "version", "source"], registry=self.registry)  # fmt: skip
         self.reload_failures = Counter("model_reload_failures_total", "Failed model loads",
                                        registry=self.registry)  # fmt: skip
+        self.feedback = Counter("feedback_total", "Offer outcomes recorded", ["outcome"],
+                                registry=self.registry)  # fmt: skip
         self.swaps = Counter("model_swaps_total", "Models swapped in", registry=self.registry)
         self.audit_failures = Counter("audit_write_failures_total",
                                       "Decisions not served because the audit write failed",

@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import numpy as np
-import pandas as pd
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from recommender import columns as C
-from recommender.bundle import DROPPED, HOLDINGS
 from recommender.errors import RecommenderError
-from recommender.offer import OfferList
+from recommender.experiment import Experiment
 from serving.app import Services
-from serving.events import DecisionRecord
+from serving.decision import Decision, NotFound, NotReady, decide
+from serving.events import DecisionRecord, ExperimentConflict, FeedbackRecord
 from serving.keys import ApiKey
 from serving.model_holder import ServedModel
 from serving.schemas import (
     BatchItemError,
     BatchRequest,
     BatchResponse,
+    ExperimentIn,
+    ExperimentOut,
+    FeedbackRequest,
+    FeedbackResponse,
     ProductOut,
     RecommendationRequest,
     RecommendationResponse,
@@ -45,11 +49,6 @@ async def services(request: Request) -> Services:  # async: no thread hop for a 
 Svc = Annotated[Services, Depends(services)]
 
 
-class NotFound(Exception):
-    def __init__(self, detail: str) -> None:
-        self.detail = detail
-
-
 def _served(svc: Services) -> ServedModel:
     served = svc.holder.current
     if served is None:
@@ -64,28 +63,37 @@ def _served(svc: Services) -> ServedModel:
 async def recommend(body: RecommendationRequest, request: Request, svc: Svc, key: Officer) -> Any:
     """Ranked, explained, rule-checked offers for one client (known id or cold start).
 
+    Clients in a running experiment get their variant's model, objective or policy (the
+    response names the experiment and variant; the holdout gets no offer). Products the
+    contact policy suppresses are listed in `excluded` with the policy's reason.
+
     `async` on purpose, against the habit for CPU-bound routes: scoring one client takes
     well under a millisecond, less than the two thread hand-overs a sync route costs
     (measured in bench/bench_serving.py); the audit write is awaited, not blocked on."""
-    served = _served(svc)
-    try:
-        result, cold = _offers_for(svc, served, [body])[0]
-    except NotFound as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=exc.detail) from exc
-    response = _response(request.state.request_id, served, result)
-    records = _records(key, served, [(request.state.request_id, body, result, cold)])
+    request_id = request.state.request_id
+    decision = _decide(svc, body)
+    records = [decision.record(request_id, key, body.k)]
     try:
         await asyncio.wrap_future(svc.audit.submit(records))
     except Exception as exc:
         raise _audit_failed(svc, records) from exc
     _count_offers(svc, records)
-    return JSONResponse(response)  # the shape is ours; skip re-validating it per request
+    return JSONResponse(decision.response(request_id))  # our shape; not re-validated
+
+
+def _decide(svc: Services, item: RecommendationRequest) -> Decision:
+    try:
+        return decide(svc, item)
+    except NotReady as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            detail="no model loaded yet; see /readyz") from exc  # fmt: skip
+    except NotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=exc.detail) from exc
 
 
 @router.post("/v1/recommendations/batch", response_model=BatchResponse, tags=["offers"])
 def recommend_batch(body: BatchRequest, request: Request, svc: Svc, key: Officer) -> Any:
     """Offers for up to 1,000 clients in one call; per-client errors are reported inline."""
-    served = _served(svc)
     if len(body.requests) > svc.settings.max_batch:
         limit, got = svc.settings.max_batch, len(body.requests)
         raise RequestValidationError([{
@@ -93,12 +101,14 @@ def recommend_batch(body: BatchRequest, request: Request, svc: Svc, key: Officer
             "msg": f"at most {limit} requests per batch (got {got})",
         }])  # fmt: skip
     results: list[Any] = []
-    audited = []
+    records = []
     for i, item in enumerate(body.requests):
         request_id = f"{request.state.request_id}-{i}"
         try:
-            result, cold = _offers_for(svc, served, [item])[0]
-        except NotFound as exc:
+            decision = _decide(svc, item)
+        except HTTPException as exc:
+            if exc.status_code != status.HTTP_404_NOT_FOUND:
+                raise
             results.append(
                 BatchItemError(customer_id=item.customer_id, status=404, detail=exc.detail)
             )
@@ -108,85 +118,14 @@ def recommend_batch(body: BatchRequest, request: Request, svc: Svc, key: Officer
                 BatchItemError(customer_id=item.customer_id, status=422, detail=str(exc))
             )
             continue
-        results.append(_response(request_id, served, result))
-        audited.append((request_id, item, result, cold))
-    _audit(svc, key, served, audited)
-    return {"results": results}
-
-
-def _offers_for(svc: Services, served: ServedModel,
-                items: list[RecommendationRequest]) -> list[tuple[OfferList, bool]]:  # fmt: skip
-    out = []
-    catalog = len(served.bundle.product_ids)
-    for item in items:
-        if item.k > catalog:
-            raise RecommenderError(f"k={item.k} exceeds the catalog size ({catalog})")
-        if item.customer is not None:
-            frame = _cold_start_frame(item, served)
-            state = served.bundle.state_from_frame(frame)
-            x, facts = None, None
-        else:
-            assert item.customer_id is not None
-            row = svc.directory.row(item.customer_id)
-            if row is None:
-                raise NotFound(
-                    f"customer_id {item.customer_id!r} is not in the data as of "
-                    f"{svc.directory.as_of.date()}; to score a client the bank has not "
-                    'snapshotted yet, send {"customer": {"attributes": {...}, '
-                    '"holdings": [...]}} instead of customer_id'
-                )
-            state = svc.directory.client(served.bundle.options, row)
-            x = served.features[row]
-            facts = served.facts.take(np.array([row]))
-        (result,) = served.engine.recommend(
-            state, item.k, item.objective, item.explain, x=x, facts=facts,
-            reasons=svc.settings.reasons_per_offer,
-        )  # fmt: skip
-        out.append((result, item.customer is not None))
-    return out
-
-
-def _cold_start_frame(item: RecommendationRequest, served: ServedModel) -> pd.DataFrame:
-    assert item.customer is not None
-    record: dict[str, Any] = dict(item.customer.attributes)
-    record[C.CUSTOMER_ID] = item.customer_id or "new client"
-    record[HOLDINGS] = list(item.customer.holdings)
-    record[DROPPED] = list(item.customer.dropped)
-    return served.bundle.coerce_attributes(pd.DataFrame([record]))
-
-
-def _response(request_id: str, served: ServedModel, result: OfferList) -> dict[str, Any]:
-    return {
-        "request_id": request_id,
-        "customer_id": result.customer_id,
-        "model": {"name": served.name, "version": served.version, "alias": served.alias},
-        "recommendations": [offer.__dict__ for offer in result.offers],
-        "excluded": [{"product_id": p, "reason": r} for p, r in result.excluded],
-    }
-
-
-def _records(key: ApiKey, served: ServedModel, decided: list[Any]) -> list[DecisionRecord]:
-    return [
-        DecisionRecord(
-            request_id=request_id, key_id=key.id, customer_id=result.customer_id,
-            cold_start=cold, model_name=served.name, model_version=served.version,
-            objective=item.objective, k=item.k,
-            offers=[{"product_id": o.product_id, "rank": o.rank, "score": o.score,
-                     "probability": o.probability} for o in result.offers],
-            excluded=[{"product_id": p, "reason": r} for p, r in result.excluded],
-        )
-        for request_id, item, result, cold in decided
-    ]  # fmt: skip
-
-
-def _audit(svc: Services, key: ApiKey, served: ServedModel, decided: list[Any]) -> None:
-    """Write every decision before answering; without an audit row, no offer leaves."""
-    records = _records(key, served, decided)
+        results.append(decision.response(request_id))
+        records.append(decision.record(request_id, key, item.k))
     try:
-        svc.audit.write(records)
+        svc.audit.write(records)  # every decision before answering; no audit, no offer
     except Exception as exc:
         raise _audit_failed(svc, records) from exc
     _count_offers(svc, records)
+    return {"results": results}
 
 
 def _audit_failed(svc: Services, records: list[DecisionRecord]) -> HTTPException:
@@ -195,6 +134,97 @@ def _audit_failed(svc: Services, records: list[DecisionRecord]) -> HTTPException
         status.HTTP_503_SERVICE_UNAVAILABLE,
         detail="the audit trail cannot be written, so no offer is served; retry shortly",
     )
+
+
+@router.post("/v1/feedback", response_model=FeedbackResponse, tags=["offers"],
+             responses={404: {"description": "Unknown request_id"},
+                        422: {"description": "Product not offered in that request"}})  # fmt: skip
+def record_feedback(body: FeedbackRequest, svc: Svc, key: Officer) -> Any:
+    """What happened to an offer: shown, accepted, declined or converted. Repeats are
+    harmless (the same outcome for the same offer is kept once). A decline suppresses
+    the product for the client for the contact policy's period."""
+    decision = svc.events.offered(body.request_id)
+    if decision is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            detail=f"request_id {body.request_id!r} is unknown; send the request_id a "
+            "/v1/recommendations response returned",
+        )
+    if body.product_id not in decision["products"]:
+        offered = sorted(decision["products"]) or "no product"
+        raise RequestValidationError([{
+            "loc": ("body", "product_id"), "type": "not_offered", "input": body.product_id,
+            "msg": f"{body.product_id!r} was not offered in request {body.request_id!r} "
+                   f"(offered: {offered})",
+        }])  # fmt: skip
+    answer = {"request_id": body.request_id, "product_id": body.product_id,
+              "outcome": body.outcome}  # fmt: skip
+    if svc.events.has_feedback(body.request_id, body.product_id, body.outcome):
+        return {"status": "duplicate", **answer}
+    record = FeedbackRecord(body.request_id, decision["customer_id"], body.product_id,
+                            body.outcome, key.id)  # fmt: skip
+    try:
+        svc.audit.write([record])
+    except Exception as exc:
+        detail = "the event store cannot be written; retry shortly"
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=detail) from exc
+    svc.metrics.feedback.labels(body.outcome).inc()
+    return {"status": "recorded", **answer}
+
+
+@router.post("/v1/experiments", response_model=ExperimentOut, status_code=201,
+             tags=["experiments"],
+             responses={409: {"description": "Name taken, or another experiment runs in "
+                                             "the channel"}})  # fmt: skip
+def create_experiment(body: ExperimentIn, svc: Svc, key: Admin) -> Any:
+    """Start an A/B experiment: variants with traffic weights (each may name a model
+    alias or version, an objective, or the popularity policy) and an optional holdout
+    share that gets no offer. One experiment at a time per channel."""
+    experiment = Experiment.from_dict(body.model_dump(exclude_none=True))
+    try:
+        svc.experiments.create(experiment)
+    except ExperimentConflict as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+    return _experiment_out(experiment)
+
+
+@router.get("/v1/experiments", response_model=list[ExperimentOut], tags=["experiments"])
+def list_experiments(svc: Svc, key: Analyst) -> Any:
+    """Every experiment, with its status (scheduled, running, stopped or ended)."""
+    return [_experiment_out(e) for e in svc.events.experiments()]
+
+
+@router.get("/v1/experiments/{name}", response_model=ExperimentOut, tags=["experiments"])
+def get_experiment(name: str, svc: Svc, key: Analyst) -> Any:
+    """One experiment."""
+    found = svc.events.experiment(name)
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no experiment named {name!r}")
+    return _experiment_out(found)
+
+
+@router.post("/v1/experiments/{name}/stop", response_model=ExperimentOut,
+             tags=["experiments"])  # fmt: skip
+def stop_experiment(name: str, svc: Svc, key: Admin) -> Any:
+    """Stop an experiment now: its clients get the main model again (stopping twice is
+    harmless)."""
+    stopped = svc.experiments.stop_experiment(name)
+    if stopped is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no experiment named {name!r}")
+    return _experiment_out(stopped)
+
+
+def _experiment_out(experiment: Experiment) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    if experiment.active(now):
+        state = "running"
+    elif experiment.stopped_at is not None and experiment.stopped_at <= now:
+        state = "stopped"
+    elif experiment.start > now:
+        state = "scheduled"
+    else:
+        state = "ended"
+    return {**experiment.to_dict(), "status": state, "shares": experiment.shares()}
 
 
 def _count_offers(svc: Services, records: list[DecisionRecord]) -> None:
@@ -215,7 +245,7 @@ def customer_view(customer_id: str, svc: Svc, key: Officer) -> Any:
                             f"{svc.directory.as_of.date()}")  # fmt: skip
     view = svc.directory.view(row, served.bundle.options)
     view["offers"] = [
-        {**offer, "created_at": offer["created_at"].isoformat(), "outcome": None}
+        {**offer, "created_at": offer["created_at"].isoformat()}
         for offer in svc.events.offers_for(customer_id)
     ]
     return view
@@ -254,7 +284,8 @@ def readyz(svc: Svc, response: Response) -> dict[str, Any]:
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return {"ready": ready, **status_, "customers": len(svc.directory),
-            "as_of": svc.directory.as_of.date().isoformat(), "event_store": events_ok}  # fmt: skip
+            "as_of": svc.directory.as_of.date().isoformat(), "event_store": events_ok,
+            "experiments": svc.experiments.status()}  # fmt: skip
 
 
 @router.get("/metrics", tags=["operations"])

@@ -33,6 +33,10 @@ class RecommendationRequest(Strict):
     k: int = Field(default=3, ge=1, le=24, description="Offers to return (1 to catalog size)")
     explain: bool = Field(default=True, description="Reasons per offer and every exclusion")
     objective: Literal["propensity", "expected_value"] = "propensity"
+    channel: str = Field(default="branch", min_length=1, max_length=64,
+                         pattern=r"^[A-Za-z0-9_.-]+$",
+                         description="Where the officer meets the client; experiments run "
+                                     "per channel")  # fmt: skip
 
     model_config = ConfigDict(
         extra="forbid",
@@ -82,8 +86,83 @@ class RecommendationResponse(BaseModel):
     request_id: str
     customer_id: str
     model: ModelInfo
+    experiment: str | None = Field(description="The running experiment the client is in")
+    variant: str | None = Field(description="The client's arm: a variant or 'holdout'")
+    policy: Literal["model", "popularity"]
+    channel: str
     recommendations: list[OfferOut]
     excluded: list[Exclusion]
+
+
+Outcome = Literal["shown", "accepted", "declined", "converted"]
+
+
+class FeedbackRequest(Strict):
+    request_id: str = Field(min_length=1, max_length=64)
+    product_id: str = Field(min_length=1, max_length=128, examples=["ind_ctop_fin_ult1"])
+    outcome: Outcome
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [
+            {"request_id": "3f2a...", "product_id": "ind_ctop_fin_ult1", "outcome": "accepted"}
+        ]},
+    )  # fmt: skip
+
+
+class FeedbackResponse(BaseModel):
+    status: Literal["recorded", "duplicate"]
+    request_id: str
+    product_id: str
+    outcome: Outcome
+
+
+class VariantIn(Strict):
+    name: str = Field(min_length=1, max_length=64, examples=["challenger"])
+    weight: float = Field(default=1.0, gt=0, description="Traffic weight (relative)")
+    model: str | None = Field(default=None, max_length=256,
+                              description="Registry alias (champion), version (7) or a "
+                                          "models:/ URI; default: the service's model",
+                              examples=["challenger"])  # fmt: skip
+    objective: Literal["propensity", "expected_value"] | None = None
+    policy: Literal["model", "popularity"] = "model"
+
+
+class ExperimentIn(Strict):
+    name: str = Field(min_length=1, max_length=64, examples=["nbo-challenger-2026-12"])
+    salt: str | None = Field(default=None, max_length=128,
+                             description="Hash salt; default: the name")  # fmt: skip
+    channel: str = Field(default="branch", min_length=1, max_length=64)
+    control: str | None = Field(default=None, description="Default: the first variant")
+    holdout: float = Field(default=0.0, ge=0, lt=1, description="Share that gets no offer")
+    variants: list[VariantIn] = Field(min_length=1, max_length=20)
+    start: str | None = Field(default=None, description="ISO 8601; default: now")
+    end: str | None = Field(default=None, description="ISO 8601; default: until stopped")
+    description: str = Field(default="", max_length=2000)
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{
+            "name": "nbo-challenger-2026-12", "holdout": 0.05,
+            "variants": [{"name": "control", "model": "champion"},
+                         {"name": "treatment", "model": "challenger"}],
+        }]},
+    )  # fmt: skip
+
+
+class ExperimentOut(BaseModel):
+    name: str
+    salt: str
+    channel: str
+    control: str
+    holdout: float
+    variants: list[VariantIn]
+    start: str
+    end: str | None
+    stopped_at: str | None
+    description: str
+    status: Literal["scheduled", "running", "stopped", "ended"]
+    shares: dict[str, float]
 
 
 class BatchItemError(BaseModel):

@@ -30,6 +30,16 @@ class ServiceSettings(BaseSettings):
     suitability_rules: bool = True
     family_rules: bool = True
     reasons_per_offer: int = Field(default=3, ge=0, le=10)
+    decline_suppress_days: int = Field(
+        default=30, ge=0, le=3650,
+        description="After a decline, the product is not offered again for this long; 0 = off",
+    )  # fmt: skip
+    max_offers_per_week: int = Field(default=6, ge=0, le=1000,
+                                     description="Offers per client per rolling 7 days; "
+                                                 "0 = no limit")  # fmt: skip
+    experiment_refresh_seconds: float = Field(default=5.0, ge=0,
+                                              description="How often a worker re-reads "
+                                                          "experiment definitions")  # fmt: skip
 
     @field_validator("events_url")
     @classmethod

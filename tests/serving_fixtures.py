@@ -68,6 +68,9 @@ class World:
             "suitability_rules": True,
             "family_rules": True,
             "reasons_per_offer": 3,
+            "decline_suppress_days": 0,  # the contact policy has its own tests
+            "max_offers_per_week": 0,
+            "experiment_refresh_seconds": 0,
         }
         values.update(overrides)
         return ServiceSettings(**values)
