@@ -56,6 +56,13 @@ def demo_data(
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 7,
     end_date: Annotated[str, typer.Option(help="Last month-end snapshot.")] = "2026-10-31",
     fmt: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
+    rehearsal: Annotated[
+        bool,
+        typer.Option(
+            help="Also write the true probabilities of the month after the last snapshot "
+            "(truth/next_month_probability.parquet), which `ab simulate` draws from."
+        ),
+    ] = False,
 ) -> None:
     """Generate a realistic synthetic bank (calibrated to Santander) with its ground truth."""
     from recommender.synthetic import generate, write_bank
@@ -65,7 +72,8 @@ def demo_data(
     _date(end_date, "--end-date")
     with progress_bar() as bar:
         task = bar.add_task("simulating months", total=months)
-        bank = generate(customers, months, seed, end_date, progress=lambda n: bar.advance(task, n))
+        bank = generate(customers, months, seed, end_date,
+                        progress=lambda n: bar.advance(task, n), next_month=rehearsal)  # fmt: skip
         task = bar.add_task("writing files", total=1)
         files = write_bank(bank, out_dir, fmt)
         bar.advance(task)

@@ -31,5 +31,6 @@ TABLE_EXTENSIONS: Final = (".parquet", ".csv")
 
 TRUTH_DIR: Final = "truth"
 TRUTH_FILE: Final = "acquisition_probability.parquet"
+NEXT_TRUTH_FILE: Final = "next_month_probability.parquet"  # for A/B rehearsals
 
 TIERS: Final = ("A", "B", "C")

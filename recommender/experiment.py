@@ -95,7 +95,9 @@ class Experiment:
             raise ConfigError(f"{where}: variant names must be unique, got {names}")
         if not 0.0 <= self.holdout < 1.0:
             raise ConfigError(f"{where}: holdout is a share in [0, 1), got {self.holdout}")
-        if self.control is not None and self.control not in names:
+        if self.control is None:
+            object.__setattr__(self, "control", names[0])
+        if self.control not in names:
             raise ConfigError(f"{where}: control {self.control!r} is not a variant ({names})")
         if self.start.tzinfo is None or (self.end is not None and self.end.tzinfo is None):
             raise ConfigError(f"{where}: start and end need a time zone, e.g. 2026-12-01T00:00Z")
@@ -104,7 +106,7 @@ class Experiment:
 
     @property
     def control_name(self) -> str:
-        return self.control or self.variants[0].name
+        return str(self.control)
 
     @property
     def arms(self) -> list[str]:

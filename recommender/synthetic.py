@@ -60,6 +60,7 @@ class SyntheticBank:
     snapshot_dates: list[pd.Timestamp]
     held: np.ndarray  # (months, customers, products) bool
     truth: np.ndarray  # (customers, products) float32, last month's acquisition prob.
+    next_truth: np.ndarray | None = None  # the month after the last snapshot (rehearsals)
 
     @property
     def acquisition_rate(self) -> list[float]:
@@ -216,8 +217,11 @@ def generate(
     seed: int,
     end_date: str = "2026-10-31",
     progress: Callable[[int], None] | None = None,
+    next_month: bool = False,
 ) -> SyntheticBank:
-    """Generate a synthetic bank; deterministic for a given seed."""
+    """Generate a synthetic bank; deterministic for a given seed. `next_month` also
+    gives the true acquisition probabilities of the month after the last snapshot
+    (what an A/B rehearsal draws client decisions from); the data is the same."""
     rng = np.random.default_rng(seed)
     dates = list(pd.date_range(end=pd.Timestamp(end_date), periods=n_months, freq="ME"))
     customers = _sample_customers(n_customers, rng, dates[0])
@@ -236,7 +240,8 @@ def generate(
         held[t] = dynamics.step(held[t - 1], probability)
         if progress:
             progress(1)
-    return SyntheticBank(customers, product_ids, dates, held, probability)
+    upcoming = dynamics.probabilities(held[-1]) if next_month else None
+    return SyntheticBank(customers, product_ids, dates, held, probability, upcoming)
 
 
 def write_bank(bank: SyntheticBank, out_dir: Path, fmt: str = "parquet") -> list[Path]:
@@ -267,4 +272,8 @@ def write_bank(bank: SyntheticBank, out_dir: Path, fmt: str = "parquet") -> list
         f"{C.PRODUCTS}.{fmt}": pa.Table.from_pandas(bank_catalog(), preserve_index=False),
         f"{C.TRUTH_DIR}/{C.TRUTH_FILE}": truth,
     }
+    if bank.next_truth is not None:
+        tables[f"{C.TRUTH_DIR}/{C.NEXT_TRUTH_FILE}"] = truth.set_column(
+            2, C.PROBABILITY, pa.array(bank.next_truth.ravel())
+        )
     return write_tables_atomically(tables, out_dir)

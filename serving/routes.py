@@ -25,6 +25,9 @@ from serving.schemas import (
     BatchResponse,
     ExperimentIn,
     ExperimentOut,
+    FeedbackBatch,
+    FeedbackBatchResponse,
+    FeedbackError,
     FeedbackRequest,
     FeedbackResponse,
     ProductOut,
@@ -143,33 +146,70 @@ def record_feedback(body: FeedbackRequest, svc: Svc, key: Officer) -> Any:
     """What happened to an offer: shown, accepted, declined or converted. Repeats are
     harmless (the same outcome for the same offer is kept once). A decline suppresses
     the product for the client for the contact policy's period."""
+    checked = _check_feedback(svc, key, body)
+    if isinstance(checked, FeedbackError):
+        if checked.status == 404:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=checked.detail)
+        error = {"loc": ("body", "product_id"), "type": "not_offered",
+                 "input": body.product_id, "msg": checked.detail}  # fmt: skip
+        raise RequestValidationError([error])
+    answer, record = checked
+    _write_feedback(svc, [record] if record else [])
+    return answer
+
+
+@router.post("/v1/feedback/batch", response_model=FeedbackBatchResponse, tags=["offers"])
+def record_feedback_batch(body: FeedbackBatch, svc: Svc, key: Officer) -> Any:
+    """Up to 1,000 outcomes in one call (an officer app syncing after a day offline);
+    each item is checked as `/v1/feedback` checks it, and errors are reported inline."""
+    results: list[Any] = []
+    records = []
+    for item in body.items:
+        checked = _check_feedback(svc, key, item)
+        if isinstance(checked, FeedbackError):
+            results.append(checked)
+            continue
+        answer, record = checked
+        results.append(answer)
+        if record is not None:
+            records.append(record)
+    _write_feedback(svc, records)
+    return {"results": results}
+
+
+def _check_feedback(svc: Services, key: ApiKey, body: FeedbackRequest) -> Any:
+    """(answer, record to write or None for a repeat), or a FeedbackError."""
     decision = svc.events.offered(body.request_id)
     if decision is None:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND,
+        return FeedbackError(
+            request_id=body.request_id, product_id=body.product_id, status=404,
             detail=f"request_id {body.request_id!r} is unknown; send the request_id a "
             "/v1/recommendations response returned",
-        )
+        )  # fmt: skip
     if body.product_id not in decision["products"]:
         offered = sorted(decision["products"]) or "no product"
-        raise RequestValidationError([{
-            "loc": ("body", "product_id"), "type": "not_offered", "input": body.product_id,
-            "msg": f"{body.product_id!r} was not offered in request {body.request_id!r} "
-                   f"(offered: {offered})",
-        }])  # fmt: skip
+        return FeedbackError(
+            request_id=body.request_id, product_id=body.product_id, status=422,
+            detail=f"{body.product_id!r} was not offered in request {body.request_id!r} "
+            f"(offered: {offered})",
+        )  # fmt: skip
     answer = {"request_id": body.request_id, "product_id": body.product_id,
               "outcome": body.outcome}  # fmt: skip
     if svc.events.has_feedback(body.request_id, body.product_id, body.outcome):
-        return {"status": "duplicate", **answer}
+        return {"status": "duplicate", **answer}, None
     record = FeedbackRecord(body.request_id, decision["customer_id"], body.product_id,
                             body.outcome, key.id)  # fmt: skip
+    return {"status": "recorded", **answer}, record
+
+
+def _write_feedback(svc: Services, records: list[FeedbackRecord]) -> None:
     try:
-        svc.audit.write([record])
+        svc.audit.write(records)
     except Exception as exc:
         detail = "the event store cannot be written; retry shortly"
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=detail) from exc
-    svc.metrics.feedback.labels(body.outcome).inc()
-    return {"status": "recorded", **answer}
+    for record in records:
+        svc.metrics.feedback.labels(record.outcome).inc()
 
 
 @router.post("/v1/experiments", response_model=ExperimentOut, status_code=201,

@@ -117,6 +117,21 @@ class FeedbackResponse(BaseModel):
     outcome: Outcome
 
 
+class FeedbackBatch(Strict):
+    items: list[FeedbackRequest] = Field(min_length=1, max_length=1000)
+
+
+class FeedbackError(BaseModel):
+    request_id: str
+    product_id: str
+    status: int
+    detail: str
+
+
+class FeedbackBatchResponse(BaseModel):
+    results: list[FeedbackResponse | FeedbackError]
+
+
 class VariantIn(Strict):
     name: str = Field(min_length=1, max_length=64, examples=["challenger"])
     weight: float = Field(default=1.0, gt=0, description="Traffic weight (relative)")

@@ -8,6 +8,7 @@ the server cannot be reached the PostgreSQL cases are skipped locally and fail o
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 from collections.abc import Iterator
@@ -20,7 +21,15 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from serving.events import DecisionRecord, EventStore, decisions, offers
+from recommender.experiment import Experiment
+from serving.events import (
+    DecisionRecord,
+    EventStore,
+    ExperimentConflict,
+    FeedbackRecord,
+    decisions,
+    offers,
+)
 
 POSTGRES = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 T0 = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
@@ -104,7 +113,7 @@ def test_the_tables_live_in_the_test_schema(store: EventStore) -> None:
             {"s": schema},
         ).scalars()
         assert schema.startswith("t_")
-        assert set(tables) == {"decisions", "offers"}
+        assert set(tables) == {"decisions", "offers", "feedback", "experiments"}
 
 
 def test_record_and_read_back(store: EventStore) -> None:
@@ -128,6 +137,7 @@ def test_record_and_read_back(store: EventStore) -> None:
         "cold_start": False, "model_name": "cross-sell-recommender", "model_version": "3",
         "objective": "propensity", "k": 3, "offers": second.offers,
         "excluded": [{"product_id": "ind_cco_fin_ult1", "reason": "already held"}],
+        "channel": None, "experiment": None, "variant": None,
     }  # fmt: skip
     assert _utc(row["created_at"]) == second.created_at
     assert store.decision("missing") is None
@@ -207,3 +217,113 @@ def test_a_second_store_on_the_same_database_sees_the_rows(store: EventStore) ->
         assert again.decision("before-restart") is not None
     finally:
         again.close()
+
+
+# ---- experiments, exposures, feedback -------------------------------------------------
+
+
+def _experiment(name: str = "exp-1", channel: str = "branch", **kw: object) -> Experiment:
+    raw: dict[str, object] = {
+        "name": name, "channel": channel, "holdout": 0.1, "start": T0.isoformat(),
+        "variants": [{"name": "control"}, {"name": "treatment", "model": "challenger"}],
+    }  # fmt: skip
+    raw.update(kw)
+    return Experiment.from_dict(raw)
+
+
+def test_exposures_and_feedback_are_kept_once(store: EventStore) -> None:
+    exposed = dataclasses.replace(
+        record("r1", created_at=T0), channel="branch", experiment="exp-1", variant="treatment"
+    )
+    store.record([exposed, record("r2", created_at=T0)])
+    rows = store.frame("offers", "exp-1")
+    assert sorted(rows["product_id"]) == ["ind_nomina_ult1", "ind_recibo_ult1"]
+    assert set(rows["variant"]) == {"treatment"}
+    assert len(store.frame("offers")) == 4
+
+    answer = FeedbackRecord("r1", "C0000042", "ind_recibo_ult1", "declined", "officer-app",
+                            created_at=T0 + timedelta(hours=1))  # fmt: skip
+    store.record([answer])
+    store.record([answer, dataclasses.replace(answer, outcome="shown")])  # a repeat: no-op
+    assert store.count("feedback") == 2
+    assert store.has_feedback("r1", "ind_recibo_ult1", "declined")
+    assert not store.has_feedback("r1", "ind_recibo_ult1", "accepted")
+    assert len(store.frame("feedback", "exp-1")) == 2
+    assert store.frame("feedback", "another").empty
+
+    offered = store.offered("r1")
+    assert offered is not None
+    assert offered["products"] == {"ind_recibo_ult1", "ind_nomina_ult1"}
+    assert (offered["experiment"], offered["variant"]) == ("exp-1", "treatment")
+    assert store.offered("nope") is None
+
+    made = {(o["request_id"], o["product_id"]): o for o in store.offers_for("C0000042")}
+    assert made[("r1", "ind_recibo_ult1")]["outcome"] == "declined"  # declined beats shown
+    assert made[("r1", "ind_recibo_ult1")]["outcomes"] == ["shown", "declined"]
+    assert made[("r2", "ind_recibo_ult1")]["outcome"] is None
+
+
+def test_contact_history_counts_recent_offers_and_declines(store: EventStore) -> None:
+    store.record([record("old", created_at=T0 - timedelta(days=10)),
+                  record("new", created_at=T0 - timedelta(days=1)),
+                  record("x", customer_id="C0000007", created_at=T0)])  # fmt: skip
+    store.record([
+        FeedbackRecord("old", "C0000042", "ind_nomina_ult1", "declined", "k",
+                       created_at=T0 - timedelta(days=40)),
+        FeedbackRecord("new", "C0000042", "ind_recibo_ult1", "declined", "k",
+                       created_at=T0 - timedelta(days=1)),
+        FeedbackRecord("new", "C0000042", "ind_nomina_ult1", "accepted", "k",
+                       created_at=T0 - timedelta(days=1)),
+    ])  # fmt: skip
+    made, declined = store.contact_history(
+        "C0000042", T0 - timedelta(days=7), T0 - timedelta(days=30)
+    )
+    assert made == 2  # the two offers of "new"; "old" is 10 days back
+    assert declined == {"ind_recibo_ult1"}  # the other decline is 40 days old
+
+
+def test_experiments_are_stored_and_conflicts_refused(store: EventStore) -> None:
+    first = _experiment()
+    store.create_experiment(first)
+    assert store.experiment("exp-1") == first
+    with pytest.raises(ExperimentConflict, match="exists"):
+        store.create_experiment(_experiment())
+    with pytest.raises(ExperimentConflict, match="runs in channel 'branch'"):
+        store.create_experiment(_experiment("exp-2"))
+    store.create_experiment(_experiment("exp-3", channel="phone"))  # another channel: fine
+
+    stopped = store.stop_experiment("exp-1", T0 + timedelta(days=3))
+    assert stopped is not None and stopped.stopped_at == T0 + timedelta(days=3)
+    assert store.stop_experiment("missing", T0) is None
+    later = _experiment("exp-2", start=(T0 + timedelta(days=4)).isoformat())
+    store.create_experiment(later)  # starts after the first stopped
+    assert [e.name for e in store.experiments()] == ["exp-1", "exp-3", "exp-2"]
+
+
+def test_an_older_store_gains_the_new_columns(tmp_path: Path) -> None:
+    """A database written before experiments existed keeps its rows and is migrated."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "CREATE TABLE decisions (request_id VARCHAR(64) PRIMARY KEY, created_at DATETIME "
+                "NOT NULL, key_id VARCHAR(128) NOT NULL, customer_id VARCHAR(128) NOT NULL, "
+                "cold_start BOOLEAN NOT NULL, model_name VARCHAR(256) NOT NULL, model_version "
+                "VARCHAR(64) NOT NULL, objective VARCHAR(32) NOT NULL, k INTEGER NOT NULL, "
+                "offers JSON NOT NULL, excluded JSON NOT NULL)"
+            )
+        )
+        connection.execute(text(
+            "INSERT INTO decisions VALUES ('old-1', '2026-01-01 00:00:00', 'k', 'C1', 0, 'm', "
+            "'1', 'propensity', 3, '[]', '[]')"
+        ))  # fmt: skip
+    engine.dispose()
+    store = EventStore(url)
+    try:
+        assert store.decision("old-1")["experiment"] is None  # type: ignore[index]
+        store.record([dataclasses.replace(record("new-1"), experiment="e", variant="v")])
+        assert store.decision("new-1")["variant"] == "v"  # type: ignore[index]
+        assert store.count() == 2
+    finally:
+        store.close()

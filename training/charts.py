@@ -76,6 +76,32 @@ def hit_rate_by_product(hit_rates: dict[str, dict[str, float]], names: dict[str,
     return fig
 
 
+def experiment_readout(report: dict[str, Any]) -> Figure:
+    """Per arm: acceptance, conversion and (with snapshots) any-product conversion, each
+    with its 95% interval; the control in red."""
+    arms = list(report["arms"])
+    metrics = [m for m in ("acceptance", "conversion", "any_conversion")
+               if all(m in report["arms"][a] for a in arms)]  # fmt: skip
+    control = report["experiment"]["control"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        values, low, high = [], [], []
+        for arm in arms:
+            r = report["arms"][arm][metric]
+            v = r["rate"] if r["rate"] is not None else 0.0
+            values.append(100 * v)
+            low.append(100 * (v - (r["ci_low"] if r["ci_low"] is not None else v)))
+            high.append(100 * ((r["ci_high"] if r["ci_high"] is not None else v) - v))
+        colors = [HIGHLIGHT if a == control else OTHER for a in arms]
+        ax.bar(arms, values, yerr=[low, high], capsize=4, color=colors)
+        ax.set_title(metric.replace("_", " ") + " (%, 95% CI)")
+        ax.tick_params(axis="x", rotation=20)
+    exp = report["experiment"]
+    fig.suptitle(f"experiment {exp['name']}: {report['clients_total']:,} clients")
+    fig.tight_layout()
+    return fig
+
+
 def close(figure: Figure) -> None:
     """Free a figure once logged (pyplot keeps every open figure alive)."""
     plt.close(figure)
