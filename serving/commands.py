@@ -42,3 +42,111 @@ def serve(
     ServiceSettings()  # validate before forking workers: a bad setting is one clear line
     uvicorn.run("serving.app:app_from_env", factory=True, host=host, port=port,
                 workers=workers, log_level="info", access_log=False)  # fmt: skip
+
+
+ab_app = typer.Typer(help="A/B experiments: readouts and rehearsals.", no_args_is_help=True)
+app.add_typer(ab_app, name="ab")
+
+
+def _settings_default(name: str) -> str:
+    """A service setting (RECOMMENDER_* or .env), so the CLI reads what the service uses."""
+    from serving.settings import ServiceSettings
+
+    return str(getattr(ServiceSettings(), name))
+
+
+@ab_app.command("report")
+def ab_report(
+    experiment: Annotated[str, typer.Option(help="Experiment name.")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Data directory with holdings snapshots after the offers; "
+            "conversions are then derived from them too."
+        ),
+    ] = None,
+    window_days: Annotated[
+        int, typer.Option(min=1, max=365, help="Days after an offer a conversion counts.")
+    ] = 30,
+    events: Annotated[
+        str | None, typer.Option(help="Event store URL (default: the service's).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where the JSON and PNG go.")] = Path("ab-reports"),
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log to MLflow.")] = False,
+) -> None:
+    """Per variant: clients, exposures, acceptance, conversions with 95% intervals,
+    uplift vs control with p-value, and a sample-ratio check; JSON, PNG and an MLflow run."""
+    from recommender.readout import render
+    from training.abreport import experiment_report
+
+    report = experiment_report(experiment, events or _settings_default("events_url"), data,
+                               window_days, out, tracking_uri, not no_mlflow)  # fmt: skip
+    typer.echo(render(report))
+    files = report["files"]
+    run = report.get("mlflow_run_id")
+    typer.echo(
+        f"\nwrote {files['json']} and {files['png']}" + (f"; MLflow run {run}" if run else "")
+    )
+
+
+@ab_app.command("simulate")
+def ab_simulate(
+    experiment: Annotated[str, typer.Option(help="A running experiment (rehearse a fresh one).")],
+    customers: Annotated[int, typer.Option(min=10, help="Clients to send.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Random seed (clients and their decisions).")] = 7,
+    url: Annotated[str, typer.Option(help="The running service.")] = "http://127.0.0.1:8000",
+    key_file: Annotated[Path, typer.Option(help="File holding an officer API key.")] = Path(
+        "demo/officer.key"
+    ),
+    data: Annotated[
+        Path | None, typer.Option(help="The bank the service serves (generated with --rehearsal).")
+    ] = None,
+    events: Annotated[
+        str | None, typer.Option(help="Event store URL (default: the service's).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where outcomes and the report go.")] = Path(
+        "ab-reports"
+    ),
+    lift: Annotated[
+        float, typer.Option(min=1.0, help="How much an offer raises the chance.")
+    ] = 3.0,
+    window_days: Annotated[int, typer.Option(min=1, max=365)] = 30,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+) -> None:
+    """Drive the running service with synthetic clients whose decisions follow the
+    generator's true probabilities, then print the experiment's report."""
+    from recommender.cli import progress_bar
+    from recommender.errors import ConfigError
+    from recommender.readout import render
+    from serving.events import EventStore
+    from serving.rehearsal import Behaviour, simulate
+    from training.abreport import experiment_report
+
+    events_url = events or _settings_default("events_url")
+    store = EventStore(events_url)
+    try:
+        found = store.experiment(experiment)
+    finally:
+        store.close()
+    if found is None:
+        raise ConfigError(f"no experiment named {experiment!r} in {events_url}; create it with "
+                          "POST /v1/experiments (admin key)")  # fmt: skip
+    if not key_file.exists():
+        raise ConfigError(f"{key_file}: no such key file; create an officer key with "
+                          "`recommender keys add --role officer` and pass --key-file")  # fmt: skip
+    data_dir = data or Path(_settings_default("data_dir"))
+    outcome_dir = out / f"{experiment}-outcomes"
+    with progress_bar() as bar:
+        task = bar.add_task("simulating clients", total=customers)
+        counts = simulate(url, key_file.read_text().strip(), data_dir, found.channel, customers,
+                          seed, outcome_dir, behaviour=Behaviour(lift=lift), k=k,
+                          progress=lambda n: bar.advance(task, n))  # fmt: skip
+    typer.echo(
+        f"sent {counts['requests']:,} clients: {counts['offers']:,} offers, "
+        f"{counts['accepted']:,} accepted, {counts['converted']:,} converted; outcome "
+        f"snapshot {counts['outcome_snapshot']} in {outcome_dir}"
+    )
+    report = experiment_report(experiment, events_url, outcome_dir, window_days, out, tracking_uri)
+    typer.echo(render(report))
+    typer.echo(f"\nwrote {report['files']['json']} and {report['files']['png']}")
