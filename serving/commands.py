@@ -111,6 +111,7 @@ def ab_simulate(
     lift: Annotated[
         float, typer.Option(min=1.0, help="How much an offer raises the chance.")
     ] = 3.0,
+    k: Annotated[int, typer.Option(min=1, max=24, help="Offers per client.")] = 3,
     window_days: Annotated[int, typer.Option(min=1, max=365)] = 30,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
 ) -> None:
