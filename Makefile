@@ -18,17 +18,21 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/recommender demo-data $(DEMO_DIR)/bank --customers $(DEMO_CUSTOMERS) --months $(DEMO_MONTHS) --seed 7
+	$(BIN)/recommender demo-data $(DEMO_DIR)/bank --customers $(DEMO_CUSTOMERS) --months $(DEMO_MONTHS) --seed 7 --rehearsal
 	$(BIN)/recommender train $(DEMO_DIR)/bank --report $(DEMO_DIR)/report.json
 	$(BIN)/recommender score $(DEMO_DIR)/bank --tier A --out $(DEMO_DIR)/offers_tier_A.csv
 	rm -f $(DEMO_DIR)/api_keys.json
 	$(BIN)/recommender keys add --file $(DEMO_DIR)/api_keys.json --id demo-officer --role officer > $(DEMO_DIR)/officer.key
 	$(BIN)/recommender keys add --file $(DEMO_DIR)/api_keys.json --id demo-admin --role admin > $(DEMO_DIR)/admin.key
+	$(BIN)/recommender keys add --file $(DEMO_DIR)/api_keys.json --id demo-analyst --role analyst > $(DEMO_DIR)/analyst.key
 	@echo
 	@echo "Report: $(DEMO_DIR)/report.json; tier-A offers: $(DEMO_DIR)/offers_tier_A.csv"
 	@echo "MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db  (then open http://127.0.0.1:5000)"
 	@echo "API docs: http://127.0.0.1:$(DEMO_PORT)/docs   Try (demo officer key):"
 	@echo "  curl -s -X POST http://127.0.0.1:$(DEMO_PORT)/v1/recommendations -H 'X-API-Key: $$(cat $(DEMO_DIR)/officer.key)' -H 'content-type: application/json' -d '{\"customer_id\": \"C0000001\", \"k\": 3}'"
+	@echo "A/B rehearsal (README, 'A/B experiments'): in another terminal,"
+	@echo "  curl -s -X POST http://127.0.0.1:$(DEMO_PORT)/v1/experiments -H 'X-API-Key: '$$(cat $(DEMO_DIR)/admin.key) -H 'content-type: application/json' -d '{\"name\": \"hybrid-vs-popularity\", \"holdout\": 0.1, \"variants\": [{\"name\": \"popularity\", \"policy\": \"popularity\"}, {\"name\": \"champion\"}]}'"
+	@echo "  RECOMMENDER_EVENTS_URL=sqlite:///$(CURDIR)/$(DEMO_DIR)/events.db $(BIN)/recommender ab simulate --experiment hybrid-vs-popularity --customers 10000 --data $(DEMO_DIR)/bank --key-file $(DEMO_DIR)/officer.key"
 	@echo "Starting the API (Ctrl+C to stop)..."
 	RECOMMENDER_DATA_DIR=$(DEMO_DIR)/bank RECOMMENDER_EVENTS_URL=sqlite:///$(CURDIR)/$(DEMO_DIR)/events.db \
 	RECOMMENDER_API_KEYS_FILE=$(DEMO_DIR)/api_keys.json RECOMMENDER_POLL_SECONDS=30 \
