@@ -78,7 +78,8 @@ def hit_rate_by_product(hit_rates: dict[str, dict[str, float]], names: dict[str,
 
 def experiment_readout(report: dict[str, Any]) -> Figure:
     """Per arm: acceptance, conversion and (with snapshots) any-product conversion, each
-    with its 95% interval; the control in red."""
+    with its 95% interval; the control in red. The holdout, offered nothing, appears only
+    in the any-product panel."""
     arms = list(report["arms"])
     metrics = [m for m in ("acceptance", "conversion", "any_conversion")
                if all(m in report["arms"][a] for a in arms)]  # fmt: skip
@@ -86,14 +87,15 @@ def experiment_readout(report: dict[str, Any]) -> Figure:
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
         values, low, high = [], [], []
-        for arm in arms:
+        shown = arms if metric == "any_conversion" else [a for a in arms if a != "holdout"]
+        for arm in shown:
             r = report["arms"][arm][metric]
             v = r["rate"] if r["rate"] is not None else 0.0
             values.append(100 * v)
             low.append(100 * (v - (r["ci_low"] if r["ci_low"] is not None else v)))
             high.append(100 * ((r["ci_high"] if r["ci_high"] is not None else v) - v))
-        colors = [HIGHLIGHT if a == control else OTHER for a in arms]
-        ax.bar(arms, values, yerr=[low, high], capsize=4, color=colors)
+        colors = [HIGHLIGHT if a == control else OTHER for a in shown]
+        ax.bar(shown, values, yerr=[low, high], capsize=4, color=colors)
         ax.set_title(metric.replace("_", " ") + " (%, 95% CI)")
         ax.tick_params(axis="x", rotation=20)
     exp = report["experiment"]
