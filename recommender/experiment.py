@@ -99,8 +99,12 @@ class Experiment:
             object.__setattr__(self, "control", names[0])
         if self.control not in names:
             raise ConfigError(f"{where}: control {self.control!r} is not a variant ({names})")
-        if self.start.tzinfo is None or (self.end is not None and self.end.tzinfo is None):
-            raise ConfigError(f"{where}: start and end need a time zone, e.g. 2026-12-01T00:00Z")
+        naive = [t for t in (self.start, self.end, self.stopped_at)
+                 if t is not None and t.tzinfo is None]  # fmt: skip
+        if naive:
+            raise ConfigError(
+                f"{where}: start, end and stopped_at need a time zone, e.g. 2026-12-01T00:00Z"
+            )
         if self.end is not None and self.end <= self.start:
             raise ConfigError(f"{where}: end ({self.end}) must be after start ({self.start})")
 
@@ -175,15 +179,22 @@ class Experiment:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"experiment: unknown field(s) {unknown}; known: {sorted(known)}")
+        missing = [f for f in ("name", "variants") if f not in raw]
+        if missing:
+            raise ConfigError(f"experiment: {' and '.join(missing)} missing")
         try:
             variants = tuple(Variant(**v) for v in raw["variants"])
         except TypeError as exc:
             raise ConfigError(f"experiment variants: {exc}") from exc
+        try:
+            holdout = float(raw.get("holdout") or 0.0)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"experiment: holdout {raw.get('holdout')!r} is not a share") from exc
         return cls(
             name=str(raw["name"]),
             salt=str(raw.get("salt") or raw["name"]),
             variants=variants,
-            holdout=float(raw.get("holdout") or 0.0),
+            holdout=holdout,
             channel=str(raw.get("channel") or "branch"),
             control=raw.get("control"),
             start=_time(raw.get("start")) or datetime.now(UTC),

@@ -174,7 +174,10 @@ def _comparison_line(c: dict[str, Any]) -> str:
     needed = c["clients_needed_per_arm_80pct_power"]
     size = ", ".join(f"{k} n={v:,}" for k, v in c["clients"].items())
     power = f"; ~{needed:,} clients per arm give 80% power for this difference" if needed else ""
+    interval = ""
+    if c["low"] is not None:
+        interval = f" [{c['low'] * 100:+.2f}, {c['high'] * 100:+.2f}]"
     return (
-        head + f"{c['difference'] * 100:+.2f} pp [{c['low'] * 100:+.2f}, {c['high'] * 100:+.2f}]"
+        head + f"{c['difference'] * 100:+.2f} pp{interval}"
         f"{rel}; p = {c['p_value']:.3g} ({verdict} at 5%; {size}){power}"
     )

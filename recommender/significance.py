@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,12 +80,20 @@ def uplift(variant: Rate, control: Rate, alpha: float = 1 - CONFIDENCE) -> Uplif
     a = _outcomes(variant.successes, variant.trials)
     b = _outcomes(control.successes, control.trials)
     difference = float(a.mean() - b.mean())
-    if a.var() == 0 and b.var() == 0:  # both all-0 or all-1: no evidence either way
-        low = high = difference
-        p_value = 1.0 if difference == 0 else 0.0
+    if a.var() == 0 and b.var() == 0:
+        # both arms all-0 or all-1: no spread to test on; Fisher's exact test on the 2x2
+        # table gives the p-value (3/3 vs 0/3 is p = 0.1, not "significant")
+        table = [[variant.successes, variant.trials - variant.successes],
+                 [control.successes, control.trials - control.successes]]  # fmt: skip
+        p_value = float(stats.fisher_exact(table).pvalue)
+        low = high = None
     else:
-        test = stats.ttest_ind(a, b, equal_var=False)
-        ci = test.confidence_interval(CONFIDENCE)
+        with warnings.catch_warnings():
+            # an arm where every client converted has no spread; Welch's test is still
+            # defined (the other arm's variance), scipy only warns about precision
+            warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+            test = stats.ttest_ind(a, b, equal_var=False)
+            ci = test.confidence_interval(CONFIDENCE)
         low, high, p_value = float(ci.low), float(ci.high), float(test.pvalue)
     rel = rel_low = rel_high = None
     if control.successes > 0 and variant.successes > 0:

@@ -16,11 +16,12 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from recommender.contact import ContactPolicy
-from recommender.errors import RecommenderError
+from recommender.errors import RecommenderError, first_line
 from recommender.rules import RuleSettings
 from serving.customers import CustomerDirectory
 from serving.events import AuditWriter, EventStore
@@ -63,7 +64,9 @@ def build_services(settings: ServiceSettings) -> Services:
     metrics = ServiceMetrics()
     keys = KeyRing.load(settings.api_keys_file)
     directory = CustomerDirectory(settings.data_dir)
-    events = EventStore(settings.events_url)
+    events = EventStore(settings.events_url, tolerate_unavailable=True)
+    if events.ready and settings.spill_dir.exists():
+        events.replay(settings.spill_dir)
     rules = RuleSettings(settings.eligibility_rules, settings.suitability_rules,
                          settings.family_rules)  # fmt: skip
     holder = ModelHolder(settings.model_uri, settings.tracking_uri, directory, rules,
@@ -85,8 +88,15 @@ def build_services(settings: ServiceSettings) -> Services:
     book.start()
     contact = ContactPolicy(settings.decline_suppress_days, settings.max_offers_per_week)
     popular = popularity(directory.cube.held[-1])
-    return Services(settings, keys, directory, events, AuditWriter(events), holder, metrics,
-                    book, contact, popular)  # fmt: skip
+
+    def on_state(writer: AuditWriter) -> None:
+        metrics.store_up.set(1 if writer.healthy else 0)
+        metrics.audit_queued.set(writer.pending)
+
+    audit = AuditWriter(events, max_pending=settings.audit_max_pending,
+                        spill_dir=settings.spill_dir, on_state=on_state)  # fmt: skip
+    return Services(settings, keys, directory, events, audit, holder, metrics, book, contact,
+                    popular)  # fmt: skip
 
 
 def create_app(
@@ -104,7 +114,7 @@ def create_app(
         yield
         app.state.services.holder.stop()
         app.state.services.experiments.stop()
-        app.state.services.audit.close()
+        app.state.services.audit.close(app.state.services.settings.shutdown_flush_seconds)
         app.state.services.events.close()
 
     app = FastAPI(title="Next-best-offer API", version="1.0", description=DESCRIPTION,
@@ -188,6 +198,13 @@ def _install_error_handlers(app: FastAPI) -> None:
             for e in exc.errors()
         ]
         return JSONResponse(status_code=422, content=jsonable_encoder({"detail": errors}))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def store_down(request: Request, exc: Exception) -> JSONResponse:
+        log.error("event store unavailable: %s", first_line(exc))
+        return JSONResponse(status_code=503, content={
+            "detail": "the event store is unavailable; retry shortly"})  # fmt: skip
 
     @app.exception_handler(RecommenderError)
     async def domain(request: Request, exc: RecommenderError) -> JSONResponse:

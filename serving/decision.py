@@ -17,7 +17,7 @@ from recommender.contact import ContactPolicy
 from recommender.errors import RecommenderError
 from recommender.experiment import HOLDOUT
 from recommender.offer import OfferList
-from serving.events import DecisionRecord
+from serving.events import UNAVAILABLE, DecisionRecord
 from serving.experiments import Arm
 from serving.keys import ApiKey
 from serving.model_holder import ServedModel
@@ -129,11 +129,20 @@ def decide(svc: Services, item: RecommendationRequest) -> Decision:
 
 def _contact(svc: Services, policy: ContactPolicy, customer_id: str,
              ids: list[str]) -> tuple[int | None, dict[int, str]]:  # fmt: skip
+    """The contact policy from the client's history in the event store; with the store
+    down the decision is made without it (counted in contact_policy_skipped_total)."""
     now = datetime.now(UTC)
-    made, declined = svc.events.contact_history(
-        customer_id, now - timedelta(days=policy.window_days),
-        now - timedelta(days=policy.decline_days),
-    )  # fmt: skip
+    if not svc.audit.healthy:
+        svc.metrics.contact_skipped.inc()
+        return None, {}
+    try:
+        made, declined = svc.events.contact_history(
+            customer_id, now - timedelta(days=policy.window_days),
+            now - timedelta(days=policy.decline_days),
+        )  # fmt: skip
+    except UNAVAILABLE:
+        svc.metrics.contact_skipped.inc()
+        return None, {}
     return policy.apply(made, declined, ids)
 
 

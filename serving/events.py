@@ -14,12 +14,15 @@ New columns are added to existing tables at start-up (additive migration only).
 from __future__ import annotations
 
 import json
-import queue
+import logging
+import os
 import threading
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -43,8 +46,13 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 
+from recommender.errors import first_line
 from recommender.experiment import Experiment
+
+log = logging.getLogger("serving.events")
+UNAVAILABLE = (OperationalError, InterfaceError)  # the store, not the record, is at fault
 
 metadata = MetaData()
 
@@ -153,11 +161,26 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
 
 
 class EventStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tolerate_unavailable: bool = False) -> None:
+        """Creates (or migrates) the tables. With `tolerate_unavailable`, a store that
+        cannot be reached yet is set up on the first write instead (the service starts
+        and queues events until it answers)."""
         self.url = url
         self.engine: Engine = _engine(url)
-        metadata.create_all(self.engine)
-        _add_missing_columns(self.engine)
+        self.ready = False
+        try:
+            self.ensure_schema()
+        except UNAVAILABLE as exc:
+            if not tolerate_unavailable:
+                raise
+            log.error("event store unavailable at start-up (%s); events are queued until "
+                      "it answers", first_line(exc))  # fmt: skip
+
+    def ensure_schema(self) -> None:
+        if not self.ready:
+            metadata.create_all(self.engine)
+            _add_missing_columns(self.engine)
+            self.ready = True
 
     def record(self, records: Sequence[Record]) -> None:
         """Append decisions with their offers, and feedback, in one transaction (all or
@@ -166,6 +189,7 @@ class EventStore:
         answers = [r for r in records if isinstance(r, FeedbackRecord)]
         if not records:
             return
+        self.ensure_schema()
         with self.engine.begin() as connection:
             if chosen:
                 connection.execute(insert(decisions), [_decision_row(r) for r in chosen])
@@ -175,6 +199,25 @@ class EventStore:
             if answers:
                 connection.execute(_insert_once(self.engine, feedback),
                                    [r.__dict__ for r in answers])  # fmt: skip
+
+    def replay(self, directory: Path) -> int:
+        """Write the events a previous run spilled at shutdown (decisions already in the
+        store are skipped), then delete the files. Returns how many were written."""
+        written = 0
+        for path in sorted(Path(directory).glob("unwritten-*.jsonl")):
+            records = read_spill(path)
+            ids = [r.request_id for r in records if isinstance(r, DecisionRecord)]
+            with self.engine.connect() as connection:
+                have = set(connection.execute(
+                    select(decisions.c.request_id).where(decisions.c.request_id.in_(ids))
+                ).scalars()) if ids else set()  # fmt: skip
+            fresh = [r for r in records
+                     if not (isinstance(r, DecisionRecord) and r.request_id in have)]  # fmt: skip
+            self.record(fresh)
+            written += len(fresh)
+            path.unlink()
+            log.warning("wrote %d events spilled by an earlier run (%s)", len(fresh), path.name)
+        return written
 
     def offered(self, request_id: str) -> dict[str, Any] | None:
         """The decision `request_id` and the products it offered (None: unknown)."""
@@ -336,10 +379,16 @@ class EventStore:
 
 def _engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 5})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                         connect_args=_connect_timeout(url))  # fmt: skip
+
+
+def _connect_timeout(url: str) -> dict[str, Any]:
+    """A short connect timeout, so an unreachable server fails fast (PostgreSQL)."""
+    return {"connect_timeout": 3} if url.startswith("postgresql") else {}
 
 
 def _decision_row(record: DecisionRecord) -> dict[str, Any]:
@@ -400,16 +449,43 @@ def _add_missing_columns(engine: Engine) -> None:
                 )
 
 
-class AuditWriter:
-    """One writer thread with group commit: requests hand over their decisions and wait
-    until they are committed; whatever queued up meanwhile is written in one transaction.
-    With one writer there is no lock contention between request threads (SQLite), and a
-    busy service commits far less often than once per request."""
+class QueueFull(Exception):
+    """The writer holds as many unwritten events as it may; the caller must refuse."""
 
-    def __init__(self, store: EventStore, max_batch: int = 500) -> None:
+
+class AuditWriter:
+    """One writer thread with group commit: requests hand over their events and (while
+    the store answers) wait until they are committed; whatever queued up meanwhile is
+    written in one transaction. With one writer there is no lock contention between
+    request threads (SQLite), and a busy service commits far less often than once per
+    request.
+
+    When the store is unavailable (connection refused, locked, gone: `OperationalError`
+    or `InterfaceError`) the batch stays at the head of the queue and is retried with
+    backoff; `healthy` turns False, so request paths stop waiting and stop reading from
+    the store. At most `max_pending` events wait in memory: beyond that `submit` raises
+    QueueFull and the caller refuses the request (counted), so memory is bounded and
+    nothing served goes unrecorded. A record the store rejects on its own (e.g. a
+    duplicate key) fails alone. `close` flushes; what still cannot be written is spilled
+    to a JSON-lines file that `EventStore.replay` writes at the next start."""
+
+    def __init__(self, store: EventStore, max_batch: int = 500, max_pending: int = 50_000,
+                 spill_dir: Path | None = None, retry_max_seconds: float = 2.0,
+                 on_state: Callable[[AuditWriter], None] | None = None) -> None:  # fmt: skip
         self.store = store
         self.max_batch = max_batch
-        self._queue: queue.Queue[tuple[Sequence[Record], Future[None]] | None] = queue.Queue()
+        self.max_pending = max_pending
+        self.spill_dir = spill_dir
+        self.retry_max_seconds = retry_max_seconds
+        self.on_state = on_state or (lambda writer: None)
+        self.healthy = True
+        self.last_error: str | None = None
+        self.pending = 0  # records queued, not yet committed
+        self.spilled = 0
+        self._queue: deque[tuple[Sequence[Record], Future[None]]] = deque()
+        self._changed = threading.Condition()
+        self._closing = False
+        self._give_up = False
         self._thread = threading.Thread(target=self._run, daemon=True, name="audit-writer")
         self._thread.start()
 
@@ -419,45 +495,155 @@ class AuditWriter:
             self.submit(records).result(timeout)
 
     def submit(self, records: Sequence[Record]) -> Future[None]:
-        """Hand over `records`; the future completes when they are committed."""
+        """Hand over `records`; the future completes when they are committed. QueueFull
+        when `max_pending` events already wait."""
         done: Future[None] = Future()
         if not records:
             done.set_result(None)
             return done
-        self._queue.put((records, done))
+        with self._changed:
+            if self._closing:
+                raise QueueFull("the service is shutting down")
+            if self.pending + len(records) > self.max_pending:
+                raise QueueFull(
+                    f"{self.pending} events are waiting for the event store (limit "
+                    f"{self.max_pending}): {self.last_error}"
+                )
+            self._queue.append((records, done))
+            self.pending += len(records)
+            self._changed.notify()
+        self.on_state(self)
         return done
 
     def _run(self) -> None:
+        delay = 0.05
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            while len(batch) < self.max_batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._queue.put(None)
-                    break
-                batch.append(more)
-            self._commit(batch)
+            with self._changed:
+                while not self._queue and not self._closing:
+                    self._changed.wait()
+                if not self._queue:
+                    return  # closing and drained
+                batch: list[tuple[Sequence[Record], Future[None]]] = []
+                count = 0
+                for item in self._queue:
+                    if batch and count + len(item[0]) > self.max_batch:
+                        break
+                    batch.append(item)
+                    count += len(item[0])
+            if self._commit(batch):
+                delay = 0.05
+                continue
+            with self._changed:  # unavailable: wait, then retry the same batch
+                if self._closing and self._give_up:
+                    return
+                self._changed.wait(delay)
+            delay = min(delay * 2, self.retry_max_seconds)
 
-    def _commit(self, batch: list[tuple[Sequence[Record], Future[None]]]) -> None:
+    def _commit(self, batch: list[tuple[Sequence[Record], Future[None]]]) -> bool:
+        """Write `batch` (the head of the queue). False if the store is unavailable."""
         try:
             self.store.record([r for records, _ in batch for r in records])
+        except UNAVAILABLE as exc:
+            self._unavailable(exc)
+            return False
         except Exception:
             for records, done in batch:  # one bad request must not fail the others
                 try:
                     self.store.record(records)
-                    done.set_result(None)
+                except UNAVAILABLE as exc:
+                    self._unavailable(exc)
+                    return False
                 except Exception as exc:
+                    self._pop(records)
                     done.set_exception(exc)
+                else:
+                    self._pop(records)
+                    done.set_result(None)
+            self._available()
+            return True
+        for records, done in batch:
+            self._pop(records)
+            done.set_result(None)
+        self._available()
+        return True
+
+    def _pop(self, records: Sequence[Record]) -> None:
+        with self._changed:
+            self._queue.popleft()
+            self.pending -= len(records)
+
+    def _unavailable(self, exc: Exception) -> None:
+        message = first_line(exc)
+        if self.healthy or message != self.last_error:
+            log.error("event store unavailable, %d events queued: %s", self.pending, message)
+        self.healthy = False
+        self.last_error = message
+        self.on_state(self)
+
+    def _available(self) -> None:
+        if not self.healthy:
+            log.warning("event store available again; queued events written")
+        self.healthy = True
+        self.last_error = None
+        self.on_state(self)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop taking events, write what is queued (for up to `timeout` seconds), and
+        spill what the store still refuses to a file replayed at the next start."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        self._thread.join(timeout)
+        if self._thread.is_alive():  # still retrying an unavailable store
+            with self._changed:
+                self._give_up = True
+                self._changed.notify_all()
+            self._thread.join(timeout=5)
+        with self._changed:
+            left = list(self._queue)
+            self._queue.clear()
+            self.pending = 0
+        if left:
+            self._spill(left)
+
+    def _spill(self, left: list[tuple[Sequence[Record], Future[None]]]) -> None:
+        records = [r for records, _ in left for r in records]
+        if self.spill_dir is None:
+            log.error("%d events could not be written and there is no spill directory",
+                      len(records))  # fmt: skip
+            for _, done in left:
+                done.set_exception(RuntimeError("event store unavailable at shutdown"))
             return
-        for _, done in batch:
+        path = spill(records, self.spill_dir)
+        self.spilled += len(records)
+        log.error("event store unavailable at shutdown: %d events kept in %s, written at the "
+                  "next start", len(records), path)  # fmt: skip
+        for _, done in left:
             done.set_result(None)
 
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=30)
+
+def spill(records: Sequence[Record], directory: Path) -> Path:
+    """Write records to a new JSON-lines file in `directory` (atomically)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    path = directory / f"unwritten-{stamp}-{os.getpid()}.jsonl"
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as handle:
+        for record in records:
+            kind = "decision" if isinstance(record, DecisionRecord) else "feedback"
+            row = {**record.__dict__, "created_at": record.created_at.isoformat()}
+            handle.write(json.dumps({"kind": kind, "record": row}) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_spill(path: Path) -> list[Record]:
+    out: list[Record] = []
+    for line in path.read_text().splitlines():
+        item = json.loads(line)
+        row = dict(item["record"])
+        row["created_at"] = datetime.fromisoformat(row["created_at"])
+        out.append(DecisionRecord(**row) if item["kind"] == "decision" else FeedbackRecord(**row))
+    return out

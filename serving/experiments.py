@@ -62,7 +62,11 @@ class ExperimentBook:
 
     # ---- definitions ---------------------------------------------------------------
     def start(self) -> None:
-        self.refresh()
+        try:
+            self.refresh()
+        except Exception as exc:  # the store may be down at start-up: retried by the loop
+            self.last_error = f"cannot read experiments: {exc}"
+            log.error(self.last_error)
         if self.refresh_seconds > 0:
             self._thread = threading.Thread(target=self._loop, daemon=True,
                                             name="experiments")  # fmt: skip

@@ -30,6 +30,27 @@ class ServiceMetrics:
                                       "Decisions not served because the audit write failed",
                                       registry=self.registry)  # fmt: skip
 
+        self.store_up = Gauge("event_store_up", "1 while the event store takes writes",
+                              registry=self.registry)  # fmt: skip
+        self.store_up.set(1)
+        self.audit_queued = Gauge("audit_queue_events", "Events waiting to be written",
+                                  registry=self.registry)  # fmt: skip
+        self.audit_deferred = Counter(
+            "audit_deferred_total",
+            "Answers sent before their event was committed (the store was slow or down; the "
+            "event stays queued)", registry=self.registry,
+        )  # fmt: skip
+        self.audit_rejected = Counter(
+            "audit_rejected_total",
+            "Requests refused because the queue of unwritten events was full",
+            registry=self.registry,
+        )  # fmt: skip
+        self.contact_skipped = Counter(
+            "contact_policy_skipped_total",
+            "Decisions made without the contact policy (the event store could not be read)",
+            registry=self.registry,
+        )  # fmt: skip
+
     def set_model(self, name: str, version: str, source: str) -> None:
         self.model.clear()
         self.model.labels(name=name, version=version, source=source).set(1)

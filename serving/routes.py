@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -16,7 +19,13 @@ from recommender.errors import RecommenderError
 from recommender.experiment import Experiment
 from serving.app import Services
 from serving.decision import Decision, NotFound, NotReady, decide
-from serving.events import DecisionRecord, ExperimentConflict, FeedbackRecord
+from serving.events import (
+    UNAVAILABLE,
+    DecisionRecord,
+    ExperimentConflict,
+    FeedbackRecord,
+    QueueFull,
+)
 from serving.keys import ApiKey
 from serving.model_holder import ServedModel
 from serving.schemas import (
@@ -76,12 +85,47 @@ async def recommend(body: RecommendationRequest, request: Request, svc: Svc, key
     request_id = request.state.request_id
     decision = _decide(svc, body)
     records = [decision.record(request_id, key, body.k)]
-    try:
-        await asyncio.wrap_future(svc.audit.submit(records))
-    except Exception as exc:
-        raise _audit_failed(svc, records) from exc
+    committed = asyncio.wrap_future(_submit(svc, records))
+    deadline = time.monotonic() + svc.settings.audit_wait_seconds
+    while True:  # wait for the commit, unless the store is down or too slow
+        done, _ = await asyncio.wait({committed}, timeout=0.05)
+        if done:
+            if committed.exception() is not None:  # the store refused this record
+                raise _audit_failed(svc, records) from committed.exception()
+            break
+        if not svc.audit.healthy or time.monotonic() > deadline:
+            svc.metrics.audit_deferred.inc()  # answered; the event stays queued
+            break
     _count_offers(svc, records)
     return JSONResponse(decision.response(request_id))  # our shape; not re-validated
+
+
+def _submit(svc: Services, records: list[DecisionRecord]) -> Future[None]:
+    """Queue the audit records; a full queue (store down too long) refuses the request."""
+    try:
+        return svc.audit.submit(records)
+    except QueueFull as exc:
+        svc.metrics.audit_rejected.inc(len(records))
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="the audit trail cannot be written (the event store is unavailable and "
+            "the queue of unwritten events is full), so no offer is served; retry shortly",
+        ) from exc
+
+
+def _wait(svc: Services, records: list[DecisionRecord], future: Future[None]) -> None:
+    """The batch route's (threaded) version of waiting for the audit commit."""
+    deadline = time.monotonic() + svc.settings.audit_wait_seconds
+    while True:
+        try:
+            future.result(0.05)
+            return
+        except FutureTimeout:
+            if not svc.audit.healthy or time.monotonic() > deadline:
+                svc.metrics.audit_deferred.inc()
+                return
+        except Exception as exc:
+            raise _audit_failed(svc, records) from exc
 
 
 def _decide(svc: Services, item: RecommendationRequest) -> Decision:
@@ -123,10 +167,8 @@ def recommend_batch(body: BatchRequest, request: Request, svc: Svc, key: Officer
             continue
         results.append(decision.response(request_id))
         records.append(decision.record(request_id, key, item.k))
-    try:
-        svc.audit.write(records)  # every decision before answering; no audit, no offer
-    except Exception as exc:
-        raise _audit_failed(svc, records) from exc
+    if records:
+        _wait(svc, records, _submit(svc, records))  # every decision queued before answering
     _count_offers(svc, records)
     return {"results": results}
 
@@ -179,6 +221,9 @@ def record_feedback_batch(body: FeedbackBatch, svc: Svc, key: Officer) -> Any:
 
 def _check_feedback(svc: Services, key: ApiKey, body: FeedbackRequest) -> Any:
     """(answer, record to write or None for a repeat), or a FeedbackError."""
+    if not svc.audit.healthy:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            detail="the event store is unavailable; retry shortly")  # fmt: skip
     decision = svc.events.offered(body.request_id)
     if decision is None:
         return FeedbackError(
@@ -284,10 +329,13 @@ def customer_view(customer_id: str, svc: Svc, key: Officer) -> Any:
                             detail=f"customer_id {customer_id!r} is not in the data as of "
                             f"{svc.directory.as_of.date()}")  # fmt: skip
     view = svc.directory.view(row, served.bundle.options)
-    view["offers"] = [
-        {**offer, "created_at": offer["created_at"].isoformat()}
-        for offer in svc.events.offers_for(customer_id)
-    ]
+    try:
+        made = svc.events.offers_for(customer_id) if svc.audit.healthy else None
+    except UNAVAILABLE:
+        made = None
+    view["offers"] = [{**offer, "created_at": offer["created_at"].isoformat()}
+                      for offer in made or []]  # fmt: skip
+    view["offers_unavailable"] = made is None  # the event store is down: history unknown
     return view
 
 
@@ -317,15 +365,19 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", tags=["operations"])
 def readyz(svc: Svc, response: Response) -> dict[str, Any]:
-    """Readiness: a model and the client data are loaded and the event store answers."""
-    events_ok = svc.events.ping()
+    """Readiness: a model and the client data are loaded. The event store's state is
+    reported (a store that is down degrades the service: offers are still served and
+    their events queued) but does not make the service unready."""
     status_ = svc.holder.status()
-    ready = svc.holder.current is not None and events_ok
+    ready = svc.holder.current is not None
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return {"ready": ready, **status_, "customers": len(svc.directory),
-            "as_of": svc.directory.as_of.date().isoformat(), "event_store": events_ok,
-            "experiments": svc.experiments.status()}  # fmt: skip
+    audit = svc.audit
+    store = {"up": audit.healthy and svc.events.ping(), "queued_events": audit.pending,
+             "last_error": audit.last_error}  # fmt: skip
+    return {"ready": ready, **status_, "degraded": status_["degraded"] or not store["up"],
+            "customers": len(svc.directory), "as_of": svc.directory.as_of.date().isoformat(),
+            "event_store": store, "experiments": svc.experiments.status()}  # fmt: skip
 
 
 @router.get("/metrics", tags=["operations"])

@@ -37,6 +37,22 @@ class ServiceSettings(BaseSettings):
     max_offers_per_week: int = Field(default=6, ge=0, le=1000,
                                      description="Offers per client per rolling 7 days; "
                                                  "0 = no limit")  # fmt: skip
+    audit_wait_seconds: float = Field(
+        default=2.0, gt=0, le=60,
+        description="How long a request waits for its audit commit before answering anyway "
+                    "(the event stays queued)",
+    )  # fmt: skip
+    audit_max_pending: int = Field(
+        default=50_000, ge=100,
+        description="Events kept in memory while the event store is down; beyond it "
+                    "requests are refused (503) and counted",
+    )  # fmt: skip
+    spill_dir: Path = Field(
+        default=Path("spill"),
+        description="Where events still unwritten at shutdown are kept (written at the "
+                    "next start)",
+    )  # fmt: skip
+    shutdown_flush_seconds: float = Field(default=20.0, ge=0, le=600)
     experiment_refresh_seconds: float = Field(default=5.0, ge=0,
                                               description="How often a worker re-reads "
                                                           "experiment definitions")  # fmt: skip

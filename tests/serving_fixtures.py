@@ -62,6 +62,7 @@ class World:
             "events_url": f"sqlite:///{self.home / f'{tag}-events.db'}",
             "api_keys_file": self.keys_file,
             "local_model_dir": self.home / f"{tag}-models",
+            "spill_dir": self.home / f"{tag}-spill",
             "poll_seconds": 0,
             "max_batch": 1000,
             "eligibility_rules": True,
