@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -119,7 +119,7 @@ def create_app(
 
     app = FastAPI(title="Next-best-offer API", version="1.0", description=DESCRIPTION,
                   lifespan=lifespan)  # fmt: skip
-    _install_middleware(app)
+    _install_middleware(app, settings or (services.settings if services else None))
     _install_error_handlers(app)
     from serving.routes import router
 
@@ -127,12 +127,27 @@ def create_app(
     return app
 
 
-class Observe:
-    """Pure ASGI middleware: request id, security headers, Prometheus latency and counts."""
+class BodyTooLarge(HTTPException):
+    """An HTTPException, so that FastAPI, which turns other errors raised while reading a
+    body into a 400, lets it through as a 413."""
 
-    def __init__(self, app: ASGIApp, owner: FastAPI) -> None:
+    def __init__(self, limit: int) -> None:
+        detail = (
+            f"request body over {limit:,} bytes; send less (batches of at most 1,000 items) "
+            "or raise RECOMMENDER_MAX_BODY_BYTES"
+        )
+        super().__init__(413, detail=detail)
+
+
+class Observe:
+    """Pure ASGI middleware: request id, security headers, Prometheus latency and counts,
+    and the request body limit (413 from the Content-Length header before anything is
+    read, or as soon as a chunked body passes the limit: no body is held whole)."""
+
+    def __init__(self, app: ASGIApp, owner: FastAPI, max_body: int = 2 * 1024 * 1024) -> None:
         self.app = app
         self.owner = owner
+        self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -142,6 +157,18 @@ class Observe:
         scope.setdefault("state", {})["request_id"] = request_id
         start = time.perf_counter()
         status_code = 500
+        limit = self.max_body
+        declared = _content_length(scope)
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status_code
@@ -161,7 +188,14 @@ class Observe:
             await send_with_headers(message)
 
         try:
-            await self.app(scope, receive, tracked)
+            if declared is not None and declared > limit:
+                raise BodyTooLarge(limit)
+            await self.app(scope, limited, tracked)
+        except BodyTooLarge as exc:
+            if started:
+                raise
+            response = JSONResponse(status_code=413, content={"detail": exc.detail})
+            await response(scope, receive, send_with_headers)
         except Exception:  # never a trace to the caller; the request id to quote instead
             log.exception("unexpected error in request %s", request_id)
             if started:
@@ -184,8 +218,26 @@ class Observe:
         services.metrics.latency.labels(method, path).observe(seconds)
 
 
-def _install_middleware(app: FastAPI) -> None:
-    app.add_middleware(Observe, owner=app)
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _install_middleware(app: FastAPI, settings: ServiceSettings | None) -> None:
+    limit = settings.max_body_bytes if settings else ServiceSettings.model_fields[
+        "max_body_bytes"].default  # fmt: skip
+    app.add_middleware(Observe, owner=app, max_body=limit)
+    origins = settings.cors_origins if settings else []
+    if origins:  # off by default: officer apps call from servers, not browsers
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                           allow_headers=["X-API-Key", "Content-Type"])  # fmt: skip
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -208,7 +260,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RecommenderError)
     async def domain(request: Request, exc: RecommenderError) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": str(exc)})
+        """The same shape as a validation error (the documented 422)."""
+        error = {"loc": ["body"], "msg": str(exc), "type": "value_error"}
+        return JSONResponse(status_code=422, content={"detail": [error]})
 
 
 def app_from_env() -> FastAPI:

@@ -33,6 +33,14 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
+    limit_concurrency: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Connections and requests in flight per worker; beyond, 503. "
+            "With the body limit this bounds the memory slow or huge clients can hold.",
+        ),
+    ] = 256,
 ) -> None:
     """Start the next-best-offer API (settings from RECOMMENDER_* variables or .env)."""
     import uvicorn
@@ -41,7 +49,9 @@ def serve(
 
     ServiceSettings()  # validate before forking workers: a bad setting is one clear line
     uvicorn.run("serving.app:app_from_env", factory=True, host=host, port=port,
-                workers=workers, log_level="info", access_log=False)  # fmt: skip
+                workers=workers, log_level="info", access_log=False,
+                limit_concurrency=limit_concurrency, timeout_keep_alive=5,
+                timeout_graceful_shutdown=30)  # fmt: skip
 
 
 ab_app = typer.Typer(help="A/B experiments: readouts and rehearsals.", no_args_is_help=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fastapi import HTTPException, Request, status
+from fastapi import HTTPException, Request, Security, status
+from fastapi.security import APIKeyHeader
 
 from serving.keys import ApiKey, KeyRing
 
@@ -18,13 +19,18 @@ SECURITY_HEADERS = {
 }
 
 
-def require(*roles: str) -> Callable[[Request], Awaitable[ApiKey]]:
+# Declared in the OpenAPI document (the "Authorize" button of /docs); checked below.
+API_KEY_SCHEME = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
+                              description="API key; roles: officer, analyst, admin")  # fmt: skip
+
+
+def require(*roles: str) -> Callable[..., Awaitable[ApiKey]]:
     """A dependency admitting keys whose role is one of `roles` (async: hashing a key is
     quick, and it spares every request a hop to the thread pool)."""
 
-    async def check(request: Request) -> ApiKey:
+    async def check(request: Request, supplied: str | None = Security(API_KEY_SCHEME)) -> ApiKey:
         ring: KeyRing = request.app.state.services.keys
-        key = ring.identify(request.headers.get(API_KEY_HEADER))
+        key = ring.identify(supplied)
         if key is None:
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,

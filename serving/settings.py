@@ -26,6 +26,11 @@ class ServiceSettings(BaseSettings):
     local_model_dir: Path = Field(default=Path("models"), description="Last good model copy")
     poll_seconds: float = Field(default=60.0, ge=0, description="Registry poll; 0 = never")
     max_batch: int = Field(default=1000, ge=1, le=1000)
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024,
+                                description="Larger request bodies get 413")  # fmt: skip
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Browser origins allowed (CORS); none by default"
+    )
     eligibility_rules: bool = True
     suitability_rules: bool = True
     family_rules: bool = True

@@ -507,7 +507,9 @@ def test_invalid_cold_start_clients_are_422_naming_the_value(
 ) -> None:
     response = recommend(server, world, {"customer": customer})
     assert response.status_code == 422, response.text
-    assert response.json()["detail"].startswith(detail)
+    (error,) = response.json()["detail"]  # the documented shape of every 422
+    assert error["loc"] == ["body"]
+    assert error["msg"].startswith(detail)
 
 
 def test_an_unparsable_as_of_attribute_is_a_422_not_a_500(server: LiveServer, world: World) -> None:
@@ -515,7 +517,7 @@ def test_an_unparsable_as_of_attribute_is_a_422_not_a_500(server: LiveServer, wo
     without error handling later on."""
     response = recommend(server, world, {"customer": {"attributes": {"as_of": "someday"}}})
     assert response.status_code == 422, response.text
-    assert "as_of" in response.json()["detail"]
+    assert "as_of" in response.json()["detail"][0]["msg"]
 
 
 # -- business rules, through cold start ------------------------------------------------------
