@@ -1,12 +1,48 @@
-# Minimal image for now; the production multi-stage image comes with the serving work.
-FROM python:3.11-slim
-RUN apt-get update && apt-get install -y --no-install-recommends gcc g++ \
+# syntax=docker/dockerfile:1
+# The next-best-offer API. Two stages: the builder has gcc and compiles every wheel
+# (rectools-lightfm, a maintained build of LightFM, has C extensions); the runtime stage
+# is slim, has no compiler, and runs as an unprivileged user.
+#
+#   docker build -t nbo-api .
+#   docker run -p 8000:8000 -v $PWD/demo/bank:/data/bank:ro -v $PWD/demo/api_keys.json:/config/api_keys.json:ro \
+#     -e RECOMMENDER_TRACKING_URI=http://mlflow:5000 \
+#     -e RECOMMENDER_EVENTS_URL=postgresql+psycopg://nbo@db/nbo nbo-api
+
+ARG PYTHON=3.11
+
+FROM python:${PYTHON}-slim AS builder
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc g++ \
     && rm -rf /var/lib/apt/lists/*
-WORKDIR /app
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY recommender ./recommender
 COPY training ./training
 COPY serving ./serving
-RUN pip install --no-cache-dir .
-ENTRYPOINT ["recommender"]
-CMD ["--help"]
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:${PYTHON}-slim AS runtime
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    RECOMMENDER_DATA_DIR=/data/bank \
+    RECOMMENDER_API_KEYS_FILE=/config/api_keys.json \
+    RECOMMENDER_EVENTS_URL=sqlite:////var/lib/nbo/events.db \
+    RECOMMENDER_LOCAL_MODEL_DIR=/var/lib/nbo/models \
+    RECOMMENDER_SPILL_DIR=/var/lib/nbo/spill \
+    MLFLOW_TRACKING_URI=sqlite:////var/lib/nbo/mlflow.db \
+    PORT=8000 \
+    WORKERS=2
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    pip install --no-index --find-links=/wheels recommender \
+    && useradd --system --uid 10001 --home-dir /var/lib/nbo --create-home nbo \
+    && mkdir -p /data /config \
+    && chown nbo /var/lib/nbo
+USER nbo
+WORKDIR /var/lib/nbo
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"PORT\", \"8000\")}/healthz', timeout=2)"]
+# Every setting comes from RECOMMENDER_* variables (see the README); the shell form lets
+# PORT and WORKERS be overridden at `docker run`.
+CMD ["sh", "-c", "exec recommender serve --host 0.0.0.0 --port \"$PORT\" --workers \"$WORKERS\""]

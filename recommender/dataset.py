@@ -122,7 +122,7 @@ def _unreadable(path: Path, exc: BaseException) -> str:
         )
     fix = "check that the file is complete and UTF-8 encoded"
     if isinstance(exc, UnicodeDecodeError):
-        fix = "save it as UTF-8 encoded text"
+        fix = "save it as UTF-8 encoded text (it may be Latin-1 or Windows-1252)"
     elif _OPEN_QUOTE in str(exc):
         fix = "the file looks truncated or has a stray quote: export or copy it again"
     return f"({csv_problem(path, exc)}); {fix}"
