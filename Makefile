@@ -7,7 +7,7 @@ DEMO_CUSTOMERS ?= 50000
 DEMO_MONTHS ?= 12
 DEMO_PORT ?= 8000
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench audit clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/pytest -q
+
+# Known vulnerabilities in the installed dependencies (PyPI's advisory data). --strict:
+# a package that could not be checked is a failure, not a silent pass. Exceptions go in
+# audit-exceptions.txt, one `--ignore-vuln ID` per line with its justification.
+audit: $(STAMP)
+	$(BIN)/pip-audit --strict --progress-spinner off --skip-editable $$(grep -o '^--ignore-vuln [A-Za-z0-9-]*' audit-exceptions.txt)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all

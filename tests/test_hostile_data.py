@@ -78,7 +78,7 @@ def exit_code(argv: list[str]) -> int | str | None:
 
 def registry(uri: str, directories: list[Path]) -> dict[str, Any]:
     """Everything a failed command must leave alone: versions, aliases, runs, artifacts."""
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     versions = client.search_model_versions(f"name='{DEFAULT_MODEL_NAME}'")
     experiments = [e.experiment_id for e in client.search_experiments()]
     files = {
