@@ -9,6 +9,7 @@ states and states into ranked, explained offers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -42,11 +43,12 @@ class ModelBundle:
     attribute_columns: list[str]
     metadata: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def product_ids(self) -> list[str]:
+        """Computed once: every request reads it (the catalog does not change)."""
         return [str(p) for p in self.products[C.PRODUCT_ID]]
 
-    @property
+    @cached_property
     def margins(self) -> np.ndarray:
         if C.MARGIN not in self.products.columns:
             return np.ones(len(self.products))

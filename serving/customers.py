@@ -36,8 +36,11 @@ class CustomerDirectory:
         return len(self.index)
 
     def row(self, customer_id: str) -> int | None:
-        position = self.index.get_indexer([customer_id])[0]
-        return int(position) if position >= 0 else None
+        try:  # the index's hash table: microseconds, where get_indexer takes ~0.3 ms
+            position = self.index.get_loc(customer_id)
+        except KeyError:
+            return None
+        return position if isinstance(position, int) else None
 
     def state(self, options: StateOptions) -> CustomerState:
         """Every client as of the latest snapshot (computed once per set of options)."""
