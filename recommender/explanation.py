@@ -118,6 +118,30 @@ def top_reasons(
     return out
 
 
+def row_reasons(
+    x: sp.csr_matrix,
+    per_feature: np.ndarray,
+    products: np.ndarray,
+    words: np.ndarray,
+    useless: np.ndarray,
+    topics: np.ndarray,
+    n: int = 3,
+) -> list[list[str]]:
+    """What `top_reasons` gives for `x`'s rows and `products` (one per row), computed on
+    each row's non-zero features only: no matrix is built, so it is the quick way for a
+    few rows (one request). Same order: largest contribution first, ties by feature."""
+    out: list[list[str]] = []
+    for row in range(x.shape[0]):
+        lo, hi = x.indptr[row], x.indptr[row + 1]
+        features = x.indices[lo:hi]
+        values = x.data[lo:hi] * per_feature[features, products[row]]
+        values[useless[features]] = 0.0
+        order = np.lexsort((features, -values))[: 2 * n]
+        order = order[values[order] > 0]
+        out.append(_distinct(features[order], words, topics, n))
+    return out
+
+
 def _distinct(features: np.ndarray, words: np.ndarray, topics: np.ndarray, n: int) -> list[str]:
     chosen: list[str] = []
     seen: set[str] = set()

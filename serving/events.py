@@ -131,6 +131,17 @@ _DECLINED_SINCE = select(feedback.c.product_id).where(
 )  # fmt: skip
 
 
+_SQLITE_OFFERS_SINCE = "SELECT COUNT(*) FROM offers WHERE customer_id = ? AND created_at >= ?"
+_SQLITE_DECLINED_SINCE = (
+    "SELECT product_id FROM feedback WHERE customer_id = ? AND outcome = 'declined' "
+    "AND created_at >= ?"
+)
+
+
+def _sqlite_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
 class ExperimentConflict(Exception):
     """An experiment with that name exists, or another runs in the channel."""
 
@@ -182,6 +193,7 @@ class EventStore:
         self.url = url
         self.engine: Engine = _engine(url)
         self.ready = False
+        self._local = threading.local()  # per-thread DBAPI connections for hot reads
         try:
             self.ensure_schema()
         except UNAVAILABLE as exc:
@@ -260,10 +272,35 @@ class EventStore:
                         declines_since: datetime) -> tuple[int, set[str]]:  # fmt: skip
         """(offers made to the client since `offers_since`, products the client declined
         since `declines_since`): what the contact policy needs."""
+        if self.engine.dialect.name == "sqlite":
+            return self._contact_history_sqlite(customer_id, offers_since, declines_since)
         with self.engine.connect() as connection:
             n = connection.execute(_OFFERS_SINCE, {"c": customer_id, "t": offers_since})
             declined = connection.execute(_DECLINED_SINCE, {"c": customer_id, "t": declines_since})
             return int(n.scalar_one()), set(declined.scalars())
+
+    def _contact_history_sqlite(self, customer_id: str, offers_since: datetime,
+                                declines_since: datetime) -> tuple[int, set[str]]:  # fmt: skip
+        """The same two reads on a per-thread DBAPI connection: SQLAlchemy's own overhead
+        (about 60 microseconds here) is most of the cost of a request's history read.
+        Times are compared as SQLAlchemy stores them in SQLite (UTC, this format)."""
+        local = self._local
+        try:
+            connection = getattr(local, "connection", None)
+            if connection is None or local.engine is not self.engine:
+                connection = local.connection = self.engine.raw_connection()
+                local.engine = self.engine
+            cursor = connection.cursor()
+            cursor.execute(_SQLITE_OFFERS_SINCE, (customer_id, _sqlite_time(offers_since)))
+            found = cursor.fetchone()
+            n = int(found[0]) if found else 0
+            cursor.execute(_SQLITE_DECLINED_SINCE, (customer_id, _sqlite_time(declines_since)))
+            declined = {str(row[0]) for row in cursor.fetchall()}
+            connection.rollback()
+            return n, declined
+        except Exception as exc:
+            local.connection = None
+            raise OperationalError("contact history", {"customer_id": customer_id}, exc) from exc
 
     # ---- experiments -----------------------------------------------------------------
     def create_experiment(self, experiment: Experiment) -> None:

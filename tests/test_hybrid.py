@@ -12,6 +12,7 @@ from recommender.dataset import BankData, load_bank_data
 from recommender.errors import ConfigError, NotFittedError
 from recommender.evaluation import report, run_models
 from recommender.explanation import describe
+from recommender.models import hybrid
 from recommender.models.baselines import Popularity
 from recommender.models.hybrid import HybridConfig, HybridModel
 from recommender.pipeline import run_pipeline
@@ -65,6 +66,19 @@ def test_reasons_are_words_for_the_top_contributions(fitted: HybridModel, the_sp
     assert len(reasons) == 20 and all(len(r) == 3 for r in reasons)
     words = [w for row in reasons for rank in row for w in rank]
     assert words and all(isinstance(w, str) and "(missing)" not in w for w in words)
+
+
+def test_row_by_row_reasons_equal_the_matrix_ones(
+    fitted: HybridModel, the_split: Split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request path (a few rows, non-zeros only) and the batch path (matrices) give
+    the same words in the same order, for every client of the test split."""
+    state = the_split.test.state
+    items, _ = fitted.recommend(state, 3)
+    matrix = fitted.reasons(state, items)  # many rows: the matrix path
+    assert len(state) > hybrid.FEW_ROWS
+    monkeypatch.setattr(hybrid, "FEW_ROWS", len(state))
+    assert fitted.reasons(state, items) == matrix
 
 
 def test_estimator_contract(the_split: Split, data: BankData) -> None:

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from recommender import columns as C
 from recommender.errors import ConfigError, ModelFitError, NotFittedError
-from recommender.explanation import top_reasons, vocabulary_words
+from recommender.explanation import row_reasons, top_reasons, vocabulary_words
 from recommender.features import FeatureBuilder, FeatureOptions
 from recommender.models.base import Recommender
 from recommender.probability import ProbabilityCalibrator
@@ -34,6 +34,7 @@ from recommender.state import CustomerState
 
 HELD_WEIGHT = 1e-9
 CACHES = ("_cache", "_words_cache")
+FEW_ROWS = 64  # up to this many rows, reasons are computed row by row on non-zeros
 LOSSES = ("warp", "bpr", "warp-kos", "logistic")
 ITEM_ATTRIBUTES = (C.CATEGORY, C.RISK_LEVEL, "family")
 
@@ -273,10 +274,15 @@ class HybridModel(Recommender):
         """Words for each recommended item: `reasons[row][rank]` is a list of up to n."""
         x = self.features(state) if x is None else x
         out: list[list[list[str]]] = [[] for _ in range(len(state))]
+        words_of, useless, topics = self._words()
+        per_feature, _ = self._weights(relative=True)
         for rank in range(items.shape[1]):
             products = np.maximum(items[:, rank], 0)
-            parts, _ = self.contributions(state, products, relative=True, x=x)
-            words = top_reasons(parts, *self._words(), n)
+            if len(state) <= FEW_ROWS:  # a request: no matrices
+                words = row_reasons(x, per_feature, products, words_of, useless, topics, n)
+            else:
+                parts, _ = self.contributions(state, products, relative=True, x=x)
+                words = top_reasons(parts, words_of, useless, topics, n)
             for row in range(len(state)):
                 out[row].append(words[row] if items[row, rank] >= 0 else [])
         return out
