@@ -7,6 +7,9 @@ The result is a bank data directory that `dataset.load_bank_data` accepts: `cust
 Cleaning rules, applied to every cell read as text:
 - values are stripped; blank and "NA" are missing;
 - product values "1"/"1.0" are held, "0"/"0.0"/missing are not; anything else is an error;
+- a product column that is 1 on every row of a file of `ALL_HELD_MIN_ROWS` rows or more is an
+  export error (a constant flag, missing values filled with 1), not a product: an error;
+- snapshot dates more than `dataset.FUTURE_DAYS` after today are an error (2999-01-31);
 - an attribute column becomes numeric when at least 95% of its present values are numbers,
   else dates (ISO `YYYY-MM-DD` strings) when at least 95% are `Y-m-d` or `d/m/Y` dates, else
   stripped text; values that do not fit the chosen type become missing. Slash dates are read
@@ -30,7 +33,14 @@ import numpy as np
 import pandas as pd
 
 from recommender import columns as C
-from recommender.errors import DataError, first_line
+from recommender.dataset import (
+    check_last_line,
+    check_text_encoding,
+    csv_problem,
+    latest_snapshot_date,
+    too_late,
+)
+from recommender.errors import DataError
 from recommender.storage import Table, write_tables_atomically
 
 FORMATS = ("parquet", "csv")
@@ -38,6 +48,7 @@ MISSING = ("", "NA")
 HELD = ("1", "1.0")
 NOT_HELD = ("0", "0.0")
 TYPE_SHARE = 0.95
+ALL_HELD_MIN_ROWS = 100  # below this, every row holding a product can be real
 _ISO = r"\d{4}-\d{1,2}-\d{1,2}"
 _SLASH = r"\d{1,2}/\d{1,2}/\d{4}"
 _SHOWN_COLUMNS = 12
@@ -74,10 +85,12 @@ def import_wide(
     else:
         dates = pd.Series(fixed_date, index=text.index, dtype=object)
     _check_unique(ids, dates, csv_path)
+    held = _held(text, products, csv_path)
+    _check_not_all_held(held, products, csv_path)
     attributes = [c for c in text.columns if c not in (customer_col, date_col, *products)]
     tables: dict[str, Table] = {
         C.CUSTOMERS: _customers(ids, dates if date_col else None, text[attributes]),
-        C.HOLDINGS: _holdings(ids, dates, _held(text, products, csv_path), products),
+        C.HOLDINGS: _holdings(ids, dates, held, products),
         C.PRODUCTS: pd.DataFrame({C.PRODUCT_ID: products, C.NAME: products}, dtype=object),
     }
     files = write_tables_atomically({f"{k}.{fmt}": v for k, v in tables.items()}, Path(out_dir))
@@ -101,7 +114,16 @@ def _check_options(date_col: str | None, snapshot_date: str | None, fmt: str) ->
     iso = to_iso_dates(pd.Series([snapshot_date.strip()], dtype=str)).iloc[0]
     if pd.isna(iso):
         raise DataError(f"snapshot_date {snapshot_date!r} is not a date; use YYYY-MM-DD")
+    if str(iso) > _latest_iso():
+        raise DataError(
+            f"snapshot_date {snapshot_date!r} {too_late()}; use the date of the snapshot the "
+            "file describes (YYYY-MM-DD)"
+        )
     return str(iso)
+
+
+def _latest_iso() -> str:
+    return latest_snapshot_date().date().isoformat()
 
 
 def _customers(ids: pd.Series, dates: pd.Series | None, attributes: pd.DataFrame) -> pd.DataFrame:
@@ -131,16 +153,18 @@ def _holdings(
 def _read_text(path: Path) -> pd.DataFrame:
     """Every cell as stripped text, blank and "NA" as missing; empty lines are skipped."""
     try:
+        check_text_encoding(path)
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except FileNotFoundError as exc:
         raise DataError(f"{path}: no such file; check the path") from exc
     # OSError: unreadable; ValueError covers UnicodeDecodeError, ParserError, EmptyDataError.
     except (OSError, ValueError) as exc:
-        reason = first_line(exc)
+        reason = csv_problem(path, exc)
         raise DataError(
             f"{path}: cannot be read as CSV ({reason}); "
             "check that it is a complete, UTF-8 encoded CSV file with a header row"
         ) from exc
+    check_last_line(path)
     raw.columns = pd.Index([str(c).strip() for c in raw.columns])
     if raw.columns.has_duplicates:
         raise DataError(f"{path}: duplicate column names after stripping spaces; rename them")
@@ -226,6 +250,13 @@ def _row_dates(text: pd.DataFrame, column: str, path: Path) -> pd.Series:
             f"{path.name} line {line}: date column {column!r} value "
             f"{text[column].iloc[first]!r} is not a date; use YYYY-MM-DD or d/m/Y"
         )
+    late = dates > _latest_iso()
+    if late.any():
+        first, line = _first_line(late)
+        raise DataError(
+            f"{path.name} line {line}: date column {column!r} value {text[column].iloc[first]!r} "
+            f"{too_late()}; fix the date or remove the row ({int(late.sum())} rows affected)"
+        )
     return dates.astype(object)
 
 
@@ -255,6 +286,21 @@ def _held(text: pd.DataFrame, products: list[str], path: Path) -> np.ndarray:
                 "(not held): fix the value or leave the column out of the product columns"
             )
     return held.to_numpy(dtype=bool)
+
+
+def _check_not_all_held(held: np.ndarray, products: list[str], path: Path) -> None:
+    """A column held on every row of a large file is an export error, not a product."""
+    if len(held) < ALL_HELD_MIN_ROWS:
+        return
+    everywhere = [products[i] for i in np.flatnonzero(held.all(axis=0))]
+    if everywhere:
+        more = f" (and {len(everywhere) - 1} more columns)" if len(everywhere) > 1 else ""
+        raise DataError(
+            f"{path.name}: product column {everywhere[0]!r}{more} is 1 (held) on all "
+            f"{len(held)} rows; a product every row holds is most likely an export error (a "
+            "constant flag, or missing values filled with 1): fix the export, or leave the "
+            "column out of the product columns (--product-cols)"
+        )
 
 
 def to_iso_dates(text: pd.Series) -> pd.Series:

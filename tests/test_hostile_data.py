@@ -32,7 +32,6 @@ from training.tracking import DEFAULT_MODEL_NAME
 
 FAST_HYBRID = {"epochs": 2, "no_components": 8, "ensemble": 1, "num_threads": 1}
 N_CUSTOMERS = 150
-FIRST_ID = "C0000001"
 
 
 @dataclass(frozen=True)
@@ -62,9 +61,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         # MLflow's pip-requirement inference is a subprocess of several seconds.
         patch.setattr(mlflow.models, "infer_pip_requirements", lambda *a, **kw: ["mlflow"])
         patch.delenv("RECOMMENDER_DEBUG", raising=False)
-        code = exit_code(["train", str(root / "parquet_bank"), "--tracking-uri", uri,
-                          "--config", str(config)])  # fmt: skip
-        assert code == 0
+        argv = ["train", str(root / "parquet_bank"), "--tracking-uri", uri]
+        assert exit_code([*argv, "--config", str(config)]) == 0
         yield Store(home, uri, config, root / "csv_bank", root / "parquet_bank")
 
 
@@ -367,22 +365,23 @@ def test_date_attribute_outside_the_supported_range(
 # --- import-wide ------------------------------------------------------------------------------
 
 
-def wide_csv(path: Path, rows: int, all_held: str | None = None, month: str = "2026-01-31") -> Path:
+def wide_csv(path: Path, rows: int, all_held: bool = False) -> Path:
+    """A valid wide file; with `all_held`, product P3 is 1 on every row."""
     lines = ["id,month,income,P1,P2,P3"]
     for i in range(rows):
-        p3 = "1" if all_held == "P3" else str(int(i % 3 == 0))
-        lines.append(f"c{i},{month},{1000 + i},{i % 2},{int(i % 5 == 0)},{p3}")
+        p3 = 1 if all_held else int(i % 3 == 0)
+        lines.append(f"c{i},2026-01-31,{1000 + i},{i % 2},{int(i % 5 == 0)},{p3}")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
 def import_wide(wide: Path, out: Path, *options: str) -> list[str]:
-    return ["import-wide", str(wide), str(out), "--customer-col", "id", "--product-cols",
-            "P1:P3", *(options or ("--date-col", "month"))]  # fmt: skip
+    columns = ["--customer-col", "id", "--product-cols", "P1:P3"]
+    return ["import-wide", str(wide), str(out), *columns, *(options or ("--date-col", "month"))]
 
 
-def test_wide_column_held_by_every_row(cli: Cli, tmp_path: Path, store: Store) -> None:
-    wide = wide_csv(tmp_path / "wide.csv", ALL_HELD_MIN_ROWS, all_held="P3")
+def test_wide_column_held_by_every_row(cli: Cli, tmp_path: Path) -> None:
+    wide = wide_csv(tmp_path / "wide.csv", ALL_HELD_MIN_ROWS, all_held=True)
     line = cli.run(*import_wide(wide, tmp_path / "out"))
     assert (
         f"wide.csv: product column 'P3' is 1 (held) on all {ALL_HELD_MIN_ROWS} rows; a product "
@@ -393,7 +392,7 @@ def test_wide_column_held_by_every_row(cli: Cli, tmp_path: Path, store: Store) -
 
 
 def test_wide_column_held_by_every_row_of_a_small_file_is_a_product(tmp_path: Path) -> None:
-    wide = wide_csv(tmp_path / "wide.csv", ALL_HELD_MIN_ROWS - 1, all_held="P3")
+    wide = wide_csv(tmp_path / "wide.csv", ALL_HELD_MIN_ROWS - 1, all_held=True)
     assert exit_code(import_wide(wide, tmp_path / "out")) == 0
     assert "P3" in load_bank_data(tmp_path / "out").product_ids
 
