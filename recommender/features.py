@@ -65,7 +65,7 @@ class ColumnCode:
 
     @property
     def tokens(self) -> list[str]:
-        if self.levels:
+        if self.kind == "categorical":  # levels (possibly none: then other or missing)
             return [f"{self.column}={v}" for v in (*self.levels, OTHER, MISSING)]
         bounds = [f"{e:.4g}" for e in self.edges]
         ranges = [f"<{bounds[0]}"] if bounds else ["any"]
@@ -76,7 +76,7 @@ class ColumnCode:
 
     def codes(self, values: pd.Series, as_of: np.ndarray) -> np.ndarray:
         """Index into `tokens` for each value."""
-        if self.levels:
+        if self.kind == "categorical":
             codes, text = _factorized_text(values)
             index = pd.Index(self.levels).get_indexer(pd.Index(text))
             n = len(self.levels)
@@ -138,7 +138,9 @@ def _fit_column(
     shares = shares.sort_values(ascending=False, kind="stable")
     frequent = shares[shares >= o.min_share].index[: o.max_categories]
     levels = ColumnCode(column, "categorical", levels=tuple(str(v) for v in sorted(frequent)))
-    return [levels] if kind == "categorical" else [levels, binned]
+    if kind == "categorical":
+        return [levels]
+    return [levels, binned] if len(frequent) else [binned]  # no level worth a token
 
 
 def _set_keys(held: np.ndarray) -> np.ndarray:

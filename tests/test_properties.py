@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 import scipy.sparse as sp
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -156,12 +155,6 @@ def test_features_are_finite_indicators_with_one_row_per_customer(h: Holdings) -
         assert (x.data == 1).all()  # an indicator matrix: no token counted twice
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="features.py: an attribute column with no frequent value (here: all missing) "
-    "gets a level code with no levels, which reads as a numeric code without bins, so its "
-    "tokens 'income=any' and 'income=(missing)' appear twice in the vocabulary",
-)
 def test_feature_names_are_unique_when_an_attribute_is_all_missing() -> None:
     vocabulary = build(ONE_OF_EACH).vocabulary
     assert len(set(vocabulary)) == len(vocabulary), vocabulary
