@@ -101,6 +101,9 @@ def main() -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument(
+        "--events-url", default=None, help="event store (default: SQLite in the run's temp dir)"
+    )
     args = parser.parse_args([] if __name__ != "__main__" else None)
     if shutil.which("wrk") is None:
         print("bench_serving: wrk is not installed (apt-get install wrk); skipped")
@@ -119,7 +122,7 @@ def main() -> dict[str, Any]:
             "RECOMMENDER_DATA_DIR": str(root / "bank"),
             "RECOMMENDER_TRACKING_URI": uri,
             "RECOMMENDER_API_KEYS_FILE": str(root / "keys.json"),
-            "RECOMMENDER_EVENTS_URL": f"sqlite:///{root}/events.db",
+            "RECOMMENDER_EVENTS_URL": args.events_url or f"sqlite:///{root}/events.db",
             "RECOMMENDER_LOCAL_MODEL_DIR": str(root / "models"),
             "RECOMMENDER_POLL_SECONDS": "0",
         }
