@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -20,12 +21,18 @@ Table: TypeAlias = pa.Table | pd.DataFrame
 
 
 def _plain(table: pa.Table) -> pa.Table:
-    """Dictionary columns decoded, for CSV."""
+    """For CSV: dictionary columns decoded, and timestamps that are whole days written as
+    dates (YYYY-MM-DD, what the data contract reads) instead of `1989-07-09 00:00:00.000000`."""
     fields = [
         pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type)
         for f in table.schema
     ]
-    return table.cast(pa.schema(fields))
+    table = table.cast(pa.schema(fields))
+    for i, f in enumerate(table.schema):
+        if pa.types.is_timestamp(f.type):
+            with contextlib.suppress(pa.ArrowInvalid):  # refused if a value has a time of day
+                table = table.set_column(i, f.name, table.column(i).cast(pa.date32()))
+    return table
 
 
 def _write(table: Table, path: Path) -> None:

@@ -88,3 +88,18 @@ def test_packaged_calibration_equals_shared_data() -> None:
     packaged = Path(__file__).resolve().parents[1] / "recommender" / "calibration"
     for path in SHARED.glob("*.csv"):
         assert (packaged / path.name).read_bytes() == path.read_bytes()
+
+
+def test_a_csv_bank_keeps_its_dates_as_dates(tmp_path: Path) -> None:
+    """CSV dates are written YYYY-MM-DD, so they load as dates (not as free text with a
+    time of day, which would make every birth date its own category)."""
+    bank = generate(300, 2, seed=4)
+    write_bank(bank, tmp_path / "csv", "csv")
+    write_bank(bank, tmp_path / "parquet")
+    first = (tmp_path / "csv" / "customers.csv").read_text().splitlines()[1]
+    assert "00:00:00" not in first
+    from_csv = load_bank_data(tmp_path / "csv").customers
+    from_parquet = load_bank_data(tmp_path / "parquet").customers
+    for column in ("birth_date", "join_date"):
+        assert pd.api.types.is_datetime64_any_dtype(from_csv[column]), column
+        assert from_csv[column].equals(from_parquet[column])
