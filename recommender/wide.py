@@ -33,15 +33,10 @@ import numpy as np
 import pandas as pd
 
 from recommender import columns as C
-from recommender.dataset import (
-    check_last_line,
-    check_text_encoding,
-    csv_problem,
-    latest_snapshot_date,
-    too_late,
-)
+from recommender.dataset import latest_snapshot_date, too_late
 from recommender.errors import DataError
 from recommender.storage import Table, write_tables_atomically
+from recommender.tablefile import check_last_line, check_text_encoding, csv_problem
 
 FORMATS = ("parquet", "csv")
 MISSING = ("", "NA")
