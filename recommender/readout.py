@@ -5,7 +5,8 @@ Metrics, per arm:
 - clients: distinct clients with a decision in the experiment (the unit of analysis);
 - exposures: offers served; acceptance: offers accepted (or converted) / exposures;
 - conversion: clients who converted on an offered product / clients, from `converted`
-  feedback and, with snapshot outcomes, from later holdings;
+  feedback and, with snapshot outcomes, from later holdings (then over the clients whose
+  outcome window has a snapshot, as any_conversion);
 - any_conversion (with snapshot outcomes only): clients who acquired any product within
   the window / clients observed; the one metric a holdout (offered nothing) can be
   compared on.
@@ -45,12 +46,12 @@ def readout(experiment: Experiment, decisions: pd.DataFrame, exposures: pd.DataF
         pairs = list(zip(shown["request_id"], shown["product_id"], strict=True))
         won = [p in converted for p in pairs]
         converting = set(shown["customer_id"].astype(str)[won]) if len(shown) else set()
-        arm_rates = {
-            "acceptance": rate(sum(p in accepted for p in pairs), len(pairs)),
-            "conversion": rate(len(converting), len(clients)),
-        }
-        if snapshots is not None:
+        arm_rates = {"acceptance": rate(sum(p in accepted for p in pairs), len(pairs))}
+        if snapshots is None:
+            arm_rates["conversion"] = rate(len(converting), len(clients))
+        else:  # only clients whose window has a snapshot can be told converted or not
             seen = clients & snapshots.observed_clients
+            arm_rates["conversion"] = rate(len(converting & seen), len(seen))
             arm_rates["any_conversion"] = rate(len(seen & snapshots.acquired_clients), len(seen))
         rates[arm] = arm_rates
         models = mine[["model_name", "model_version"]].drop_duplicates()

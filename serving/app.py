@@ -92,6 +92,7 @@ def build_services(settings: ServiceSettings) -> Services:
     def on_state(writer: AuditWriter) -> None:
         metrics.store_up.set(1 if writer.healthy else 0)
         metrics.audit_queued.set(writer.pending)
+        metrics.audit_refused.set(writer.dropped)
 
     audit = AuditWriter(events, max_pending=settings.audit_max_pending,
                         spill_dir=settings.spill_dir, on_state=on_state)  # fmt: skip

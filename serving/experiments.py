@@ -82,23 +82,35 @@ class ExperimentBook:
 
     def stop(self) -> None:
         self._stop.set()
-        for holder in self.holders.values():
-            holder.stop()
+        with self._lock:
+            for holder in list(self.holders.values()):
+                holder.stop()
 
     def refresh(self) -> None:
-        """Re-read definitions; load the models of current and scheduled experiments."""
+        """Re-read definitions; load the models of current and scheduled experiments and
+        let go of the models no experiment needs any more."""
         found = self.store.experiments()
         now = datetime.now(UTC)
         errors = []
+        needed: set[str] = set()
         for experiment in found:
             if experiment.active(now) or experiment.start > now:
                 for variant in experiment.variants:
                     try:
-                        self._holder(variant)
+                        holder = self._holder(variant)
                     except Exception as exc:
                         errors.append(f"experiment {experiment.name!r}: {exc}")
                         log.error(errors[-1])
+                        continue
+                    if holder is not None and holder is not self.main:
+                        needed.add(holder.model_uri)
+                        if holder.current is None:
+                            why = f"variant {variant.name!r} not loaded: {holder.last_error}"
+                            errors.append(f"experiment {experiment.name!r}: {why}")
         self.experiments = found  # one reference assignment
+        with self._lock:
+            for uri in [u for u in self.holders if u not in needed]:
+                self.holders.pop(uri).stop()
         self.last_error = "; ".join(errors) or None
 
     def create(self, experiment: Experiment) -> None:
@@ -107,13 +119,25 @@ class ExperimentBook:
         for variant in experiment.variants:
             holder = self._holder(variant)
             if holder is not None and holder.current is None:
+                error = holder.last_error
+                if holder is not self.main and not self._in_use(holder.model_uri):
+                    with self._lock:
+                        self.holders.pop(holder.model_uri, None)
+                    holder.stop()
                 raise ConfigError(
                     f"variant {variant.name!r}: model {variant.model!r} could not be loaded "
-                    f"({holder.last_error}); name an alias or version of the registered "
-                    "model that exists"
+                    f"({error}); name an alias or version of the registered model that exists"
                 )
         self.store.create_experiment(experiment)
         self.refresh()
+
+    def _in_use(self, uri: str) -> bool:
+        now = datetime.now(UTC)
+        return any(
+            self.resolve(v.model) == uri
+            for e in self.experiments if e.active(now) or e.start > now
+            for v in e.variants if v.policy == "model" and v.model
+        )  # fmt: skip
 
     def stop_experiment(self, name: str) -> Experiment | None:
         stopped = self.store.stop_experiment(name, datetime.now(UTC))
@@ -150,7 +174,10 @@ class ExperimentBook:
     def _served(self, variant: Variant) -> ServedModel | None:
         if variant.policy != "model" or variant.model is None:
             return self.main.current  # popularity ranks; the main model gives probabilities
-        uri = self.resolve(variant.model)
+        try:
+            uri = self.resolve(variant.model)
+        except ConfigError:  # the service's model_uri names no registered model
+            return None
         if uri == self.main.model_uri:
             return self.main.current
         holder = self.holders.get(uri)
@@ -182,14 +209,14 @@ class ExperimentBook:
             return self.main
         with self._lock:
             holder = self.holders.get(uri)
-            if holder is None:
+            if holder is None:  # one holder per model, kept (and polling) even if the first
+                # load failed: its polling loads the model once the registry has it
                 folder = self.main.local_dir / "variants" / re.sub(r"[^A-Za-z0-9_.-]", "_", uri)
                 holder = ModelHolder(uri, self.main.tracking_uri, self.main.directory,
                                      self.main.rules, Path(folder))  # fmt: skip
                 holder.start()
                 holder.start_polling(self.poll_seconds)
-                if holder.current is not None:
-                    self.holders[uri] = holder
+                self.holders[uri] = holder
             return holder
 
     def status(self) -> dict[str, object]:

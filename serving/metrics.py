@@ -45,6 +45,11 @@ class ServiceMetrics:
             "Requests refused because the queue of unwritten events was full",
             registry=self.registry,
         )  # fmt: skip
+        self.audit_refused = Gauge(
+            "audit_refused_events",
+            "Events the store refused on their own (a constraint or bad data), logged",
+            registry=self.registry,
+        )  # fmt: skip
         self.contact_skipped = Counter(
             "contact_policy_skipped_total",
             "Decisions made without the contact policy (the event store could not be read)",

@@ -225,6 +225,12 @@ def _check_feedback(svc: Services, key: ApiKey, body: FeedbackRequest) -> Any:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
                             detail="the event store is unavailable; retry shortly")  # fmt: skip
     decision = svc.events.offered(body.request_id)
+    if decision is None and svc.audit.pending:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=f"request_id {body.request_id!r} is not recorded yet (events are waiting "
+            "to be written); retry shortly",
+        )
     if decision is None:
         return FeedbackError(
             request_id=body.request_id, product_id=body.product_id, status=404,

@@ -147,7 +147,8 @@ class ExperimentIn(Strict):
     name: str = Field(min_length=1, max_length=64, examples=["nbo-challenger-2026-12"])
     salt: str | None = Field(default=None, max_length=128,
                              description="Hash salt; default: the name")  # fmt: skip
-    channel: str = Field(default="branch", min_length=1, max_length=64)
+    channel: str = Field(default="branch", min_length=1, max_length=64,
+                         pattern=r"^[A-Za-z0-9_.-]+$")  # fmt: skip
     control: str | None = Field(default=None, description="Default: the first variant")
     holdout: float = Field(default=0.0, ge=0, lt=1, description="Share that gets no offer")
     variants: list[VariantIn] = Field(min_length=1, max_length=20)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -61,6 +61,15 @@ class ServiceSettings(BaseSettings):
     experiment_refresh_seconds: float = Field(default=5.0, ge=0,
                                               description="How often a worker re-reads "
                                                           "experiment definitions")  # fmt: skip
+
+    @model_validator(mode="after")
+    def _queue_holds_a_batch(self) -> ServiceSettings:
+        if self.audit_max_pending < self.max_batch:
+            raise ValueError(
+                f"audit_max_pending ({self.audit_max_pending}) must be at least max_batch "
+                f"({self.max_batch}), or every full batch would be refused"
+            )
+        return self
 
     @field_validator("events_url")
     @classmethod

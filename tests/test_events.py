@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,10 +20,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from recommender.experiment import Experiment
 from serving.events import (
+    AuditWriter,
     DecisionRecord,
     EventStore,
     ExperimentConflict,
@@ -30,6 +32,7 @@ from serving.events import (
     decisions,
     offers,
 )
+from serving.model_holder import wait_until
 
 POSTGRES = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 T0 = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
@@ -327,3 +330,91 @@ def test_an_older_store_gains_the_new_columns(tmp_path: Path) -> None:
         assert store.count() == 2
     finally:
         store.close()
+
+
+# ---- the writer under faults (a stand-in store whose failures the test controls) -------
+
+
+class FlakyStore:
+    """Fails `record` with `error` while `down` is set; counts the attempts."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.down = True
+        self.attempts = 0
+        self.written: list[object] = []
+
+    def record(self, records: list[object]) -> None:
+        self.attempts += 1
+        if self.down:
+            raise self.error
+        self.written.extend(records)
+
+    def decision(self, request_id: str) -> None:
+        return None
+
+
+def _unavailable() -> Exception:
+    return OperationalError("INSERT", {}, Exception("connection refused"))
+
+
+def test_new_events_do_not_bring_the_retry_forward() -> None:
+    """While the store is down, retries back off (0.05, 0.1, ... 2 s) however many
+    requests arrive meanwhile: no reconnect storm."""
+    store = FlakyStore(_unavailable())
+    writer = AuditWriter(store, retry_max_seconds=2.0)  # type: ignore[arg-type]
+    try:
+        for i in range(200):
+            writer.submit([record(f"r{i}")])
+            time.sleep(0.01)  # 200 requests over 2 s
+        assert store.attempts <= 8, store.attempts  # 0.05 + 0.1 + ... doublings in ~2 s
+        store.down = False
+        assert wait_until(lambda: writer.pending == 0, timeout=10)
+        assert len(store.written) == 200 and writer.healthy
+    finally:
+        writer.close()
+
+
+def test_an_error_that_does_not_blame_a_record_is_retried_not_dropped() -> None:
+    store = FlakyStore(RuntimeError("pool timeout or a read-only standby"))
+    writer = AuditWriter(store, retry_max_seconds=0.1)  # type: ignore[arg-type]
+    try:
+        done = writer.submit([record("r1")])
+        assert wait_until(lambda: not writer.healthy, timeout=5)
+        store.down = False
+        done.result(timeout=10)  # written, not failed
+        assert writer.dropped == 0 and len(store.written) == 1
+    finally:
+        writer.close()
+
+
+def test_a_record_the_store_refuses_fails_alone_and_is_counted(tmp_path: Path) -> None:
+    events = EventStore(f"sqlite:///{tmp_path / 'e.db'}")
+    writer = AuditWriter(events)
+    try:
+        writer.write([record("first")])
+        bad = writer.submit([dataclasses.replace(record("bad"), key_id=None)])  # NOT NULL
+        fine = writer.submit([record("ok")])
+        fine.result(timeout=10)
+        with pytest.raises(IntegrityError):
+            bad.result(timeout=10)
+        assert writer.dropped == 1 and writer.healthy
+        again = writer.submit([record("first")])  # a retry of a commit whose answer was lost
+        again.result(timeout=10)  # already there: counts as written, not as refused
+        assert writer.dropped == 1
+        assert events.count() == 2
+    finally:
+        writer.close()
+        events.close()
+
+
+def test_history_reads_from_many_threads_leave_the_pool_to_the_writer(tmp_path: Path) -> None:
+    """Each thread's history reads use a connection of their own, not one of the pool's."""
+    events = EventStore(f"sqlite:///{tmp_path / 'e.db'}")
+    try:
+        with ThreadPoolExecutor(24) as pool:
+            list(pool.map(lambda i: events.contact_history(f"C{i}", T0, T0), range(48)))
+        assert events.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        events.record([record("after")])
+    finally:
+        events.close()

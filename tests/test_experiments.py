@@ -386,3 +386,34 @@ def test_an_a_a_rehearsal_finds_no_difference_through_the_cli(
     assert code == 2
     assert output.startswith("error: no experiment named 'nope'")
     assert "Traceback" not in output
+
+
+def test_a_variant_model_that_cannot_load_is_one_holder_not_a_leak(
+    server: LiveServer, world: World
+) -> None:
+    """An experiment stored with an alias nobody registered (as another worker might
+    hold it): every refresh reuses one holder (no new polling thread each time), clients
+    get the main model outside the experiment, and stopping it lets the holder go."""
+    import threading
+
+    book = server.services.experiments
+    ghost = Experiment.from_dict({"name": "ghost", "channel": "ghost",
+                                  "variants": [{"name": "g", "model": "ghost-alias"}]})  # fmt: skip
+    store = EventStore(events_url(world))
+    try:
+        store.create_experiment(ghost)
+    finally:
+        store.close()
+    book.refresh()
+    threads = threading.active_count()
+    for _ in range(5):
+        book.refresh()
+    ghosts = [uri for uri in book.holders if uri.endswith("@ghost-alias")]
+    assert len(ghosts) == 1
+    assert threading.active_count() <= threads
+    assert "variant 'g' not loaded" in (book.last_error or "")
+    (answer,) = batch(server, world, ["C0000001"], "ghost")
+    assert answer["experiment"] is None and answer["recommendations"]
+    stopped = call(server, world, "admin", "POST", "/v1/experiments/ghost/stop")
+    assert stopped.status_code == 200
+    assert not [uri for uri in book.holders if uri.endswith("@ghost-alias")]

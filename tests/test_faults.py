@@ -129,7 +129,7 @@ def test_offers_are_served_while_the_store_is_down_and_written_when_it_returns(
 
 
 def test_a_full_queue_refuses_offers_and_counts_them(world: World) -> None:
-    services = build_services(world.settings("full", audit_max_pending=100))
+    services = build_services(world.settings("full", audit_max_pending=100, max_batch=100))
     with live_server(create_app(services=services)) as live:
         break_store(services, world)
         hundred = {"requests": [{"customer_id": f"C{i:07d}"} for i in range(1, 101)]}
