@@ -446,7 +446,11 @@ def _engine(url: str) -> Engine:
 
 def _connect_timeout(url: str) -> dict[str, Any]:
     """A short connect timeout, so an unreachable server fails fast (PostgreSQL)."""
-    return {"connect_timeout": 3} if url.startswith("postgresql") else {}
+    if not url.startswith("postgresql"):
+        return {}
+    # fail fast, and notice a server that stops answering without closing the connection
+    return {"connect_timeout": 3, "keepalives": 1, "keepalives_idle": 5,
+            "keepalives_interval": 2, "keepalives_count": 2, "tcp_user_timeout": 5000}  # fmt: skip
 
 
 def _decision_row(record: DecisionRecord) -> dict[str, Any]:
@@ -529,6 +533,7 @@ class AuditWriter:
 
     def __init__(self, store: EventStore, max_batch: int = 500, max_pending: int = 50_000,
                  spill_dir: Path | None = None, retry_max_seconds: float = 2.0,
+                 stall_seconds: float = 5.0,
                  on_state: Callable[[AuditWriter], None] | None = None) -> None:  # fmt: skip
         self.store = store
         self.max_batch = max_batch
@@ -536,7 +541,9 @@ class AuditWriter:
         self.spill_dir = spill_dir
         self.retry_max_seconds = retry_max_seconds
         self.on_state = on_state or (lambda writer: None)
-        self.healthy = True
+        self._up = True
+        self._commit_since: float | None = None  # when the commit in progress began
+        self.stall_seconds = stall_seconds
         self.last_error: str | None = None
         self.pending = 0  # records queued, not yet committed
         self.spilled = 0
@@ -547,6 +554,15 @@ class AuditWriter:
         self._give_up = False
         self._thread = threading.Thread(target=self._run, daemon=True, name="audit-writer")
         self._thread.start()
+
+    @property
+    def healthy(self) -> bool:
+        """The store takes writes: the last attempt succeeded and no commit has been
+        hanging for more than `stall_seconds` (a server that stopped answering without
+        closing the connection)."""
+        since = self._commit_since
+        stalled = since is not None and time.monotonic() - since > self.stall_seconds
+        return self._up and not stalled
 
     def write(self, records: Sequence[Record], timeout: float = 30.0) -> None:
         """Return once `records` are committed; raise if they could not be."""
@@ -605,6 +621,7 @@ class AuditWriter:
 
         Only errors that blame a record (a constraint, bad data) fail that record alone;
         every other error is treated as the store being unavailable, and retried."""
+        self._commit_since = time.monotonic()
         try:
             self.store.record([r for records, _ in batch for r in records])
         except RECORD_FAULTS:
@@ -612,6 +629,8 @@ class AuditWriter:
         except Exception as exc:
             self._unavailable(exc)
             return False
+        finally:
+            self._commit_since = None
         for records, done in batch:
             self._pop(records)
             done.set_result(None)
@@ -655,16 +674,16 @@ class AuditWriter:
 
     def _unavailable(self, exc: Exception) -> None:
         message = first_line(exc)
-        if self.healthy or message != self.last_error:
+        if self._up or message != self.last_error:
             log.error("event store unavailable, %d events queued: %s", self.pending, message)
-        self.healthy = False
+        self._up = False
         self.last_error = message
         self.on_state(self)
 
     def _available(self) -> None:
-        if not self.healthy:
+        if not self._up:
             log.warning("event store available again; queued events written")
-        self.healthy = True
+        self._up = True
         self.last_error = None
         self.on_state(self)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -418,3 +419,24 @@ def test_history_reads_from_many_threads_leave_the_pool_to_the_writer(tmp_path: 
         events.record([record("after")])
     finally:
         events.close()
+
+
+def test_a_commit_that_hangs_makes_the_writer_unhealthy_until_it_returns() -> None:
+    """A server that stops answering without closing the connection: after
+    `stall_seconds` requests stop waiting for commits (and skip history reads)."""
+    release = threading.Event()
+
+    class Hanging:
+        def record(self, records: list[object]) -> None:
+            release.wait(10)
+
+    writer = AuditWriter(Hanging(), stall_seconds=0.3)  # type: ignore[arg-type]
+    try:
+        done = writer.submit([record("r1")])
+        assert writer.healthy
+        assert wait_until(lambda: not writer.healthy, timeout=5)
+        release.set()
+        done.result(timeout=5)
+        assert writer.healthy
+    finally:
+        writer.close()
