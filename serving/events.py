@@ -320,27 +320,32 @@ class EventStore:
     # ---- experiments -----------------------------------------------------------------
     def create_experiment(self, experiment: Experiment) -> None:
         """Store a new experiment; ExperimentConflict if the name is taken or another
-        experiment runs in the same channel at overlapping times."""
-        with self.engine.begin() as connection:
-            taken = connection.execute(
-                select(experiments.c.name).where(experiments.c.name == experiment.name)
-            ).first()
-            if taken:
-                raise ExperimentConflict(
-                    f"an experiment named {experiment.name!r} exists; pick another name"
-                )
-            for other in self._experiments(connection, experiment.channel):
-                if other.overlaps(experiment):
-                    raise ExperimentConflict(
-                        f"experiment {other.name!r} runs in channel {other.channel!r} at "
-                        "overlapping times; stop it first (POST /v1/experiments/"
-                        f"{other.name}/stop) or choose another channel or start time"
-                    )
-            connection.execute(insert(experiments).values(
-                name=experiment.name, channel=experiment.channel,
-                definition=experiment.to_dict(), created_at=datetime.now(UTC),
-                stopped_at=experiment.stopped_at,
-            ))  # fmt: skip
+        experiment runs in the same channel at overlapping times.
+
+        Insert first, then look for an overlap in the same transaction: the insert takes
+        the write lock (SQLite serialises writers; PostgreSQL also takes a lock per
+        channel), so two admins creating at the same instant cannot both succeed."""
+        try:
+            with self.engine.begin() as connection:
+                if self.engine.dialect.name == "postgresql":
+                    connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:c))"),
+                                       {"c": f"experiments:{experiment.channel}"})  # fmt: skip
+                connection.execute(insert(experiments).values(
+                    name=experiment.name, channel=experiment.channel,
+                    definition=experiment.to_dict(), created_at=datetime.now(UTC),
+                    stopped_at=experiment.stopped_at,
+                ))  # fmt: skip
+                for other in self._experiments(connection, experiment.channel):
+                    if other.name != experiment.name and other.overlaps(experiment):
+                        raise ExperimentConflict(
+                            f"experiment {other.name!r} runs in channel {other.channel!r} at "
+                            "overlapping times; stop it first (POST /v1/experiments/"
+                            f"{other.name}/stop) or choose another channel or start time"
+                        )
+        except IntegrityError as exc:
+            raise ExperimentConflict(
+                f"an experiment named {experiment.name!r} exists; pick another name"
+            ) from exc
 
     def experiments(self) -> list[Experiment]:
         with self.engine.connect() as connection:

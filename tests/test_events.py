@@ -440,3 +440,22 @@ def test_a_commit_that_hangs_makes_the_writer_unhealthy_until_it_returns() -> No
         assert writer.healthy
     finally:
         writer.close()
+
+
+def test_concurrent_creations_leave_one_experiment_per_channel(store: EventStore) -> None:
+    """Eight admins start an experiment in the same channel at the same instant: exactly
+    one succeeds."""
+
+    def create(i: int) -> str:
+        try:
+            store.create_experiment(_experiment(f"race-{i}", channel="race"))
+            return "created"
+        except ExperimentConflict:
+            return "conflict"
+        except OperationalError:  # SQLite: the losing writer finds the database locked
+            return "locked"
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(create, range(8)))
+    assert outcomes.count("created") == 1, outcomes
+    assert len([e for e in store.experiments() if e.channel == "race"]) == 1
