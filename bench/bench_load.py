@@ -24,19 +24,12 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from bench.bench_serving import free_port
-from recommender.models.hybrid import HybridConfig
-from recommender.synthetic import generate, write_bank
-from serving.keys import add_key
-from training.train import train
+from bench.bench_serving import free_port, prepare, start_server
 
 LUA = r"""
 local customers = @customers@
@@ -195,36 +188,12 @@ def main() -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         os.chdir(root)
-        write_bank(generate(50_000, 4, seed=2), root / "small")
-        uri = f"sqlite:///{root}/mlflow.db"
-        train(root / "small", config=HybridConfig(epochs=5), tracking_uri=uri)
-        write_bank(generate(args.customers, 3, seed=1), root / "bank")
-        key = add_key(root / "keys.json", "load", "officer")
+        env, key = prepare(root, args.customers)
+        events = Path(env["RECOMMENDER_EVENTS_URL"].removeprefix("sqlite:///"))
         port = free_port()
-        events = root / "events.db"
-        env = {
-            **os.environ,
-            "RECOMMENDER_DATA_DIR": str(root / "bank"),
-            "RECOMMENDER_TRACKING_URI": uri,
-            "RECOMMENDER_API_KEYS_FILE": str(root / "keys.json"),
-            "RECOMMENDER_EVENTS_URL": f"sqlite:///{events}",
-            "RECOMMENDER_LOCAL_MODEL_DIR": str(root / "models"),
-            "RECOMMENDER_SPILL_DIR": str(root / "spill"),
-            "RECOMMENDER_POLL_SECONDS": "0",
-        }
-        server = subprocess.Popen(
-            [sys.executable, "-m", "recommender", "serve", "--port", str(port), "--workers", "2"],
-            env=env, stdout=subprocess.DEVNULL, stderr=(root / "serve.log").open("wb"),
-        )  # fmt: skip
+        server = start_server(env, port, workers=2, log=root / "serve.log")
         base = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(900):
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(1)
             time.sleep(5)  # both workers up
             warm = wrk(base, script(root, key, args.customers, 0, 1), 5)
             runs_before = [warm["counts"]]

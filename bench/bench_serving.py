@@ -79,14 +79,39 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+def prepare(
+    root: Path, customers: int, events_url: str | None = None
+) -> tuple[dict[str, str], str]:
+    """A model trained on a small bank, a bank of `customers` to serve, an officer key;
+    returns the service's environment and the key."""
+    write_bank(generate(50_000, 4, seed=2), root / "small")
+    uri = f"sqlite:///{root}/mlflow.db"
+    train(root / "small", config=HybridConfig(epochs=5), tracking_uri=uri)
+    write_bank(generate(customers, 3, seed=1), root / "bank")
+    key = add_key(root / "keys.json", "bench", "officer")
+    env = {
+        **os.environ,
+        "RECOMMENDER_DATA_DIR": str(root / "bank"),
+        "RECOMMENDER_TRACKING_URI": uri,
+        "RECOMMENDER_API_KEYS_FILE": str(root / "keys.json"),
+        "RECOMMENDER_EVENTS_URL": events_url or f"sqlite:///{root}/events.db",
+        "RECOMMENDER_LOCAL_MODEL_DIR": str(root / "models"),
+        "RECOMMENDER_SPILL_DIR": str(root / "spill"),
+        "RECOMMENDER_POLL_SECONDS": "0",
+    }
+    return env, key
+
+
+def start_server(env: dict[str, str], port: int, workers: int = 1,
+                 log: Path | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
+    """`recommender serve` in a subprocess, once `/readyz` answers (up to 15 minutes)."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "recommender", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(600):
+        [sys.executable, "-m", "recommender", "serve", "--port", str(port),
+         "--workers", str(workers)],
+        env=env, stdout=subprocess.DEVNULL,
+        stderr=log.open("wb") if log else subprocess.DEVNULL,
+    )  # fmt: skip
+    for _ in range(1800):
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
                 return server
@@ -111,21 +136,8 @@ def main() -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         os.chdir(root)
-        write_bank(generate(50_000, 4, seed=2), root / "small")
-        uri = f"sqlite:///{root}/mlflow.db"
-        train(root / "small", config=HybridConfig(epochs=5), tracking_uri=uri)
-        write_bank(generate(args.customers, 3, seed=1), root / "bank")
-        key = add_key(root / "keys.json", "bench", "officer")
+        env, key = prepare(root, args.customers, args.events_url)
         port = free_port()
-        env = {
-            **os.environ,
-            "RECOMMENDER_DATA_DIR": str(root / "bank"),
-            "RECOMMENDER_TRACKING_URI": uri,
-            "RECOMMENDER_API_KEYS_FILE": str(root / "keys.json"),
-            "RECOMMENDER_EVENTS_URL": args.events_url or f"sqlite:///{root}/events.db",
-            "RECOMMENDER_LOCAL_MODEL_DIR": str(root / "models"),
-            "RECOMMENDER_POLL_SECONDS": "0",
-        }
         server = start_server(env, port)
         try:
             script = root / "offers.lua"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from recommender.bundle import DROPPED, HOLDINGS
 from recommender.columns import CUSTOMER_ID
 from recommender.dataset import fingerprint, load_bank_data
 from recommender.models.hybrid import HybridConfig
-from recommender.pipeline import PipelineResult, run_pipeline
+from recommender.pipeline import PipelineResult, Progress, run_pipeline
 from recommender.state import StateOptions
 from training import charts
 from training.pyfunc import (
@@ -32,8 +31,6 @@ from training.pyfunc import (
 )
 from training.registry import TAG_FINGERPRINT, TAG_METRIC, TAG_PROTOCOL, register
 from training.tracking import DEFAULT_EXPERIMENT, DEFAULT_MODEL_NAME, configure, report_metrics
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
