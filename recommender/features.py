@@ -24,13 +24,17 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recommender.errors import NotFittedError
+from recommender import temporal as T
+from recommender.errors import ConfigError, NotFittedError
+from recommender.history import MAX_LAGS
 from recommender.state import CENSORED, CustomerState
+from recommender.tier import VALUE_COLUMNS
 
 MISSING = "(missing)"
 OTHER = "(other)"
 HELD_FOR_BUCKETS = ((0, "0-2m"), (3, "3-11m"), (12, "12m+"))
 N_HELD_CAP = 5
+TEMPORAL_BLOCKS = ("lags", "since_add", "since_drop", "counts", "held_before", "month", "relative")
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,19 @@ class FeatureOptions:
     cross_held: bool = False  # one token per (held product, attribute token) pair
     min_set_count: int = 20
     tier: bool = True
+    # Time (see `temporal`): tokens read from the customer's history on record.
+    lags: int = 0  # held 1..lags snapshots before
+    since_add: bool = False  # months since the last acquisition of each product
+    since_drop: bool = False  # months since the last drop of each product
+    counts: bool = False  # acquisitions and drops on record, per product and in total
+    held_before: bool = False  # held at an earlier snapshot, not now ("ever held")
+    month: bool = False  # the offer's calendar month, when training saw it
+    relative: bool = False  # income / value columns against the segment's median
     exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.lags <= MAX_LAGS:
+            raise ConfigError(f"features.lags must be in 0..{MAX_LAGS} (got {self.lags})")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -205,6 +221,7 @@ class FeatureBuilder:
             "cross_held": [f"held:{p} & {a}" for p in product_ids for a in vocabulary[:n_attr]]
             if o.cross_held
             else [],
+            **self._fit_temporal(state, o),
         }
         for name, tokens in blocks.items():
             if tokens:
@@ -212,6 +229,37 @@ class FeatureBuilder:
                 vocabulary += tokens
         self.vocabulary_ = vocabulary
         return self
+
+    def _fit_temporal(self, state: CustomerState, o: FeatureOptions) -> dict[str, list[str]]:
+        ids = self.product_ids_
+        self.months_ = T.fit_months(state) if o.month else []
+        value_columns = [c for c in VALUE_COLUMNS if c in state.attributes and c not in o.exclude]
+        self.medians_ = T.fit_relative(state, value_columns) if o.relative else {}
+        return {
+            "lags": T.lag_tokens(ids, o.lags),
+            "since_add": T.recency_tokens("added", ids) if o.since_add else [],
+            "since_drop": T.recency_tokens("closed", ids) if o.since_drop else [],
+            "counts": T.count_tokens(ids) if o.counts else [],
+            "held_before": T.held_before_tokens(ids) if o.held_before else [],
+            "month": T.month_tokens(self.months_),
+            "relative": T.relative_tokens(self.medians_),
+        }
+
+    def _temporal_entries(self, name: str, state: CustomerState) -> T.Entries:
+        o = self.options or FeatureOptions()
+        if name == "lags":
+            return T.lag_entries(state, o.lags)
+        if name == "since_add":
+            return T.recency_entries(state.past.since_add)
+        if name == "since_drop":
+            return T.recency_entries(state.past.since_drop)
+        if name == "counts":
+            return T.count_entries(state)
+        if name == "held_before":
+            return T.held_before_entries(state)
+        if name == "month":
+            return T.month_entries(state, self.months_)
+        return T.relative_entries(state, self.medians_)
 
     def transform(self, state: CustomerState) -> sp.csr_matrix:
         if not hasattr(self, "vocabulary_"):
@@ -256,6 +304,11 @@ class FeatureBuilder:
             cols.append(
                 self.offsets_["tier"] + pd.Index(["A", "B", "C"]).get_indexer(pd.Index(state.tier))
             )
+        for name in TEMPORAL_BLOCKS:
+            if name in self.offsets_:
+                r, c = self._temporal_entries(name, state)
+                rows.append(r)
+                cols.append(self.offsets_[name] + c)
         r_all = np.concatenate(rows) if rows else np.array([], dtype=np.int64)
         c_all = np.concatenate(cols) if cols else np.array([], dtype=np.int64)
         values = np.ones(len(r_all), dtype=np.float32)

@@ -14,6 +14,7 @@ import pandas as pd
 
 from recommender import columns as C
 from recommender.dataset import BankData
+from recommender.history import History
 from recommender.tier import ValueTier, segment_labels
 
 CENSORED = -1  # held since the first snapshot on record: acquisition date unknown
@@ -48,9 +49,17 @@ class CustomerState:
     tier: np.ndarray  # "A" | "B" | "C"
     segment: np.ndarray
     tiering: ValueTier | None = None  # recomputes `tier` when holdings change
+    history: History | None = None  # None: nothing before this snapshot is on record
 
     def __len__(self) -> int:
         return len(self.customer_ids)
+
+    @property
+    def past(self) -> History:
+        """The history, empty when none is on record."""
+        if self.history is None:
+            return History.empty(len(self), self.held.shape[1])
+        return self.history
 
     def take(self, rows: np.ndarray) -> CustomerState:
         return CustomerState(
@@ -63,6 +72,7 @@ class CustomerState:
             self.tier[rows],
             self.segment[rows],
             self.tiering,
+            None if self.history is None else self.history.take(rows),
         )
 
     def without(self, products: np.ndarray) -> CustomerState:
@@ -75,7 +85,8 @@ class CustomerState:
         tier = self.tier
         if self.tiering is not None:  # breadth-based value must not see the removed product
             tier = self.tiering.transform(self.attributes, held, months)
-        return replace(self, held=held, held_months=months, tier=tier)
+        history = None if self.history is None else self.history.without(products)
+        return replace(self, held=held, held_months=months, tier=tier, history=history)
 
     @staticmethod
     def concat(states: list[CustomerState]) -> CustomerState:
@@ -89,6 +100,7 @@ class CustomerState:
             np.concatenate([s.tier for s in states]),
             np.concatenate([s.segment for s in states]),
             states[0].tiering if states else None,
+            History.concat([s.past for s in states]) if states else None,
         )
 
 
@@ -170,4 +182,5 @@ class HoldingsCube:
             tier,
             segment,
             tiering,
+            History.from_cube(self.held, self.dates, t),
         )

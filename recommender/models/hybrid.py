@@ -27,6 +27,7 @@ from recommender import columns as C
 from recommender.errors import ConfigError, ModelFitError, NotFittedError
 from recommender.explanation import row_reasons, top_reasons, vocabulary_words
 from recommender.features import FeatureBuilder, FeatureOptions
+from recommender.history import DAYS_PER_MONTH
 from recommender.models.base import Recommender
 from recommender.probability import ProbabilityCalibrator
 from recommender.protocol import Examples
@@ -56,6 +57,7 @@ class HybridConfig:
     item_features: bool = True  # category, risk level, family besides the product id
     held_not_negative: bool = True  # WARP never samples a held product as a negative
     normalize: bool = False  # scale each customer's feature row to sum 1
+    recency_half_life: float = 0.0  # months; >0 weighs an acquisition by 0.5**(age/half-life)
     features: FeatureOptions = field(default_factory=FeatureOptions)
 
     def __post_init__(self) -> None:
@@ -64,6 +66,11 @@ class HybridConfig:
         for name in ("no_components", "epochs", "max_sampled", "ensemble"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.recency_half_life < 0:
+            raise ConfigError(
+                "recency_half_life must be 0 (off) or a positive number of months "
+                f"(got {self.recency_half_life})"
+            )
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be positive (got {self.learning_rate})")
 
@@ -136,7 +143,7 @@ class HybridModel(Recommender):
             products, cfg.item_features
         )
         users = self._user_features(train.state, cfg)
-        interactions, weights = _interactions(train, cfg.held_not_negative)
+        interactions, weights = _interactions(train, cfg.held_not_negative, cfg.recency_half_life)
         threads = cfg.num_threads or _cpu_count()
         seeds = [cfg.random_state + m for m in range(cfg.ensemble)]
         with ThreadPoolExecutor(max_workers=min(threads, cfg.ensemble)) as pool:
@@ -294,15 +301,26 @@ def _names(products: pd.DataFrame) -> dict[str, str]:
 
 
 def _interactions(
-    train: Examples, held_not_negative: bool = True
+    train: Examples, held_not_negative: bool = True, half_life: float = 0.0
 ) -> tuple[sp.coo_matrix, sp.coo_matrix]:
-    """Acquired products are positives; held products are listed with a negligible weight
-    so WARP never samples them as negatives (they are never offered anyway)."""
+    """Acquired products are positives, weighted by recency when `half_life` > 0; with
+    `held_not_negative`, held products are listed with a negligible weight so WARP never
+    samples them as negatives (they are never offered anyway)."""
     listed_mask = train.targets | train.state.held if held_not_negative else train.targets
     listed = sp.coo_matrix(listed_mask.astype(np.float32))
     acquired = train.targets[listed.row, listed.col]
-    weights = np.where(acquired, 1.0, HELD_WEIGHT).astype(np.float32)
+    weights = np.where(acquired, recency_weights(train.state.as_of, half_life)[listed.row],
+                       HELD_WEIGHT).astype(np.float32)  # fmt: skip
     return listed, sp.coo_matrix((weights, (listed.row, listed.col)), shape=listed.shape)
+
+
+def recency_weights(as_of: np.ndarray, half_life: float) -> np.ndarray:
+    """1 for the newest examples, halving every `half_life` months before (0: all 1)."""
+    if half_life <= 0 or len(as_of) == 0:
+        return np.ones(len(as_of))
+    days = (as_of.max() - as_of).astype("timedelta64[D]").astype(float)
+    weights: np.ndarray = 0.5 ** (days / DAYS_PER_MONTH / half_life)
+    return weights
 
 
 def _cpu_count() -> int:
