@@ -20,7 +20,7 @@ HELD_FOR_WORDS = {"3-11m": "for 3-11 months", "12m+": "for a year or more"}
 _RANGE = re.compile(r"^\[(?P<a>[^,]+), (?P<b>[^)]+)\)(?P<unit>.*)$")
 
 
-def _a(name: str) -> str:
+def with_article(name: str) -> str:
     return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
@@ -54,15 +54,16 @@ def describe(token: str, names: Mapping[str, str]) -> str:
     """Words for one feature token; `names` maps product ids to product names."""
     kind, _, rest = token.partition(":")
     if kind == "held" and "&" not in rest:
-        return f"holds {_a(names.get(rest, rest))}"
+        return f"holds {with_article(names.get(rest, rest))}"
     if kind == "dropped":
         return f"recently closed {names.get(rest, rest)}"
     if kind == "held_for":
         product, _, bucket = rest.rpartition(":")
         name = names.get(product, product)
         if bucket == "0-2m":
-            return f"opened {_a(name)} in the last 3 months"
-        return f"has held {_a(name)} {HELD_FOR_WORDS.get(bucket, 'since before our records')}"
+            return f"opened {with_article(name)} in the last 3 months"
+        since = HELD_FOR_WORDS.get(bucket, "since before our records")
+        return f"has held {with_article(name)} {since}"
     if kind == "holds exactly":
         held = [names.get(p, p) for p in rest.split("+")] if rest != "(nothing)" else []
         return "holds only " + " and ".join(held) if held else "holds no products yet"
@@ -70,12 +71,56 @@ def describe(token: str, names: Mapping[str, str]) -> str:
         return f"holds {rest} product{'' if rest == '1' else 's'}"
     if kind == "tier":
         return f"value tier {rest}"
+    temporal = _temporal_words(kind, rest, names)
+    if temporal is not None:
+        return temporal
     column, _, value = token.partition("=")
     if column in AGE_COLUMNS and "years ago" in value:
         return f"{AGE_COLUMNS[column]} {_value_words(value)}"
     if column in TENURE_COLUMNS and "years ago" in value:
         return f"{TENURE_COLUMNS[column]} {_value_words(value)}"
     return f"{column.replace('_', ' ')}: {_value_words(value)}"
+
+
+def _ago(label: str) -> str:
+    """'0m' -> 'this month', '2m' -> '2 months ago', '3-5m' -> '3-5 months ago'."""
+    core = label.replace("m", "")
+    if core == "0":
+        return "this month"
+    if core.endswith("+"):
+        return f"{core[:-1]} or more months ago"
+    return f"{core} month{'' if core == '1' else 's'} ago"
+
+
+def _temporal_words(kind: str, rest: str, names: Mapping[str, str]) -> str | None:
+    """Words for the time-carrying tokens of `temporal`, None for any other token."""
+    product, _, detail = rest.rpartition(":")
+    name = with_article(names.get(product, product))
+    if kind == "held_ago":
+        return f"held {name} {_ago(detail + 'm')}"
+    if kind == "added":
+        return f"opened {name} {_ago(detail)}"
+    if kind == "closed":
+        return f"closed {name} {_ago(detail)}"
+    if kind in ("adds", "drops"):
+        verb = "opened" if kind == "adds" else "closed"
+        times = "once" if detail == "1" else "twice or more"
+        return f"{verb} {name} {times} before"
+    if kind in ("adds total", "drops total"):
+        verb = "opened" if kind == "adds total" else "closed"
+        return f"{verb} {rest} product{'' if rest == '1' else 's'} on record"
+    if kind == "held_before":
+        return f"had {with_article(names.get(rest, rest))} before"
+    if kind == "month":
+        return f"offer month: {rest}"
+    if kind.endswith(" vs segment"):
+        column = kind.removesuffix(" vs segment").replace("_", " ")
+        return (
+            f"{column} {rest} the segment's typical"
+            if rest != "typical"
+            else (f"{column} typical for the segment")
+        )
+    return None
 
 
 def _uninformative(token: str) -> bool:

@@ -9,7 +9,11 @@ Encoding (learnt by `fit` on training states, applied unchanged by `transform`):
 - missing values -> an explicit `col=missing` token;
 - holdings at the snapshot: `held:P`, recently dropped `dropped:P` (held within the last
   `drop_window` snapshots, not now), time since acquired `held_for:P:BUCKET`;
-- the value tier `tier:A|B|C`.
+- the value tier `tier:A|B|C`;
+- time, from the history on record (`temporal`): held l snapshots before `held_ago:P:l`,
+  months since the last add / drop `added:P:2m` / `closed:P:2m`, counts `adds:P:2+`, held
+  before but not now `held_before:P`, the offer month `month:Jun`, value against the
+  segment's median `renta vs segment:above`.
 Every customer row activates one token per attribute, so any customer (including one never
 seen in training) can be encoded.
 """
@@ -53,12 +57,13 @@ class FeatureOptions:
     min_set_count: int = 20
     tier: bool = True
     # Time (see `temporal`): tokens read from the customer's history on record.
-    lags: int = 0  # held 1..lags snapshots before
+    # Defaults: what held up on the temporal validation split of real monthly data (README).
+    lags: int = 1  # held 1..lags snapshots before
     since_add: bool = False  # months since the last acquisition of each product
     since_drop: bool = False  # months since the last drop of each product
     counts: bool = False  # acquisitions and drops on record, per product and in total
-    held_before: bool = False  # held at an earlier snapshot, not now ("ever held")
-    month: bool = False  # the offer's calendar month, when training saw it
+    held_before: bool = True  # held at an earlier snapshot, not now ("ever held")
+    month: bool = False  # the offer's calendar month, when training saw it (see temporal)
     relative: bool = False  # income / value columns against the segment's median
     exclude: tuple[str, ...] = ()
 

@@ -72,7 +72,7 @@ class OfferEngine:
             raise ConfigError(f"objective {objective!r}: use {' or '.join(OBJECTIVES)}")
         model = self.bundle.model
         x = model.features(state) if x is None else x
-        scores = model.score_features(x)
+        scores = model.score_features(x, state)
         probability = model.predict_proba(state, scores)
         value = probability * self.bundle.margins
         decision = self.rules.decide(state, facts)

@@ -16,7 +16,7 @@ Any customer, including one never seen in training, is scored from their current
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ from recommender.explanation import row_reasons, top_reasons, vocabulary_words
 from recommender.features import FeatureBuilder, FeatureOptions
 from recommender.history import DAYS_PER_MONTH
 from recommender.models.base import Recommender
+from recommender.models.rerank import RerankConfig, Reranker
 from recommender.probability import ProbabilityCalibrator
 from recommender.protocol import Examples
 from recommender.state import CustomerState
@@ -55,15 +56,21 @@ class HybridConfig:
     num_threads: int = 0  # 0: all cores (members are fitted in parallel)
     ensemble: int = 2  # members with seeds random_state, random_state+1, ...; scores averaged
     item_features: bool = True  # category, risk level, family besides the product id
-    held_not_negative: bool = True  # WARP never samples a held product as a negative
+    # WARP never samples a held product as a negative: 5x the fitting time, no better on
+    # real data (README, "Quality"); held products are excluded when recommending anyway.
+    held_not_negative: bool = False
     normalize: bool = False  # scale each customer's feature row to sum 1
+    rerank: bool = False  # second stage: gradient-boosted re-ranker over LightFM's candidates
+    rerank_candidates: int = 10
+    rerank_rounds: int = 200
     recency_half_life: float = 0.0  # months; >0 weighs an acquisition by 0.5**(age/half-life)
     features: FeatureOptions = field(default_factory=FeatureOptions)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ConfigError(f"loss {self.loss!r} is not one of {', '.join(LOSSES)}")
-        for name in ("no_components", "epochs", "max_sampled", "ensemble"):
+        for name in ("no_components", "epochs", "max_sampled", "ensemble", "rerank_candidates",
+                     "rerank_rounds"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
         if self.recency_half_life < 0:
@@ -151,6 +158,29 @@ class HybridModel(Recommender):
                 pool.map(lambda seed: self._fit_one(seed, cfg, users, interactions, weights), seeds)
             )
         self._keep_embeddings(fitted)
+        self.reranker_ = self._fit_reranker(train, products, cfg) if cfg.rerank else None
+
+    def _fit_reranker(self, train: Examples, products: pd.DataFrame, cfg: HybridConfig) -> Reranker:
+        """The second stage, trained on LightFM scores of customers the scoring LightFM did
+        not see: two LightFM fits on halves of the customers, each scoring the other half."""
+        first_stage = replace(cfg, rerank=False)
+        ids = pd.Series(train.state.customer_ids).astype(str)
+        half = pd.util.hash_pandas_object(ids, index=False).to_numpy() % 2
+        unseen = np.zeros(train.targets.shape)
+        for fold in (0, 1):
+            fit_rows, score_rows = np.flatnonzero(half != fold), np.flatnonzero(half == fold)
+            if not len(fit_rows) or not len(score_rows):
+                raise ModelFitError("the re-ranker needs training examples from 2+ customers")
+            part = Examples(train.state.take(fit_rows), train.targets[fit_rows])
+            model = HybridModel(first_stage).fit(part, products)
+            unseen[score_rows] = model.score(train.state.take(score_rows))
+        config = RerankConfig(
+            candidates=cfg.rerank_candidates,
+            rounds=cfg.rerank_rounds,
+            random_state=cfg.random_state,
+            num_threads=cfg.num_threads,
+        )
+        return Reranker(config).fit(train.state, unseen, train.targets)
 
     def _fit_one(
         self,
@@ -208,14 +238,35 @@ class HybridModel(Recommender):
         return sp.csr_matrix(x, dtype=np.float32)
 
     def _score(self, state: CustomerState) -> np.ndarray:
-        return self.score_features(self.features(state))
+        return self.score_features(self.features(state), state)
+
+    def _second_stage(self) -> Reranker:
+        reranker: Reranker | None = getattr(self, "reranker_", None)
+        if reranker is None:
+            raise NotFittedError("this model has no second stage; fit it with rerank=True")
+        return reranker
+
+    @property
+    def reranked(self) -> bool:
+        """Whether a second stage re-ranks (it reads the customers' attributes and history)."""
+        return getattr(self, "reranker_", None) is not None
 
     def features(self, state: CustomerState) -> sp.csr_matrix:
         """The customer-feature matrix of `state` (what scoring and explanations read)."""
         return self._user_features(state, self.config or HybridConfig())
 
-    def score_features(self, x: sp.csr_matrix) -> np.ndarray:
-        """Scores from a feature matrix, e.g. one precomputed for every known customer."""
+    def score_features(self, x: sp.csr_matrix, state: CustomerState | None = None) -> np.ndarray:
+        """Scores from a feature matrix, e.g. one precomputed for every known customer;
+        a re-ranked model also needs the customers' `state`."""
+        scores: np.ndarray = self.first_stage(x)
+        if self.reranked:
+            if state is None:
+                raise ConfigError("a re-ranked model scores from the customers' state too")
+            return np.asarray(self._second_stage().score(state, scores))
+        return scores
+
+    def first_stage(self, x: sp.csr_matrix) -> np.ndarray:
+        """LightFM's scores from a feature matrix."""
         scores: np.ndarray = (x @ self.user_embeddings_) @ self.item_repr_.T + self.item_bias_
         return scores
 
@@ -280,6 +331,26 @@ class HybridModel(Recommender):
     ) -> list[list[list[str]]]:
         """Words for each recommended item: `reasons[row][rank]` is a list of up to n."""
         x = self.features(state) if x is None else x
+        first = self._first_stage_reasons(state, items, n, x)
+        if not self.reranked:
+            return first
+        rows, ranks = np.nonzero(items >= 0)
+        products = items[rows, ranks]
+        reranker = self._second_stage()
+        parts, values = reranker.contributions(state, self.first_stage(x), rows, products)
+        lightfm_words = [first[r][j] for r, j in zip(rows, ranks, strict=True)]
+        names = [self.product_names_.get(p, p) for p in self.builder_.product_ids_]
+        words = reranker.reasons(parts, values, lightfm_words, names, n)
+        out: list[list[list[str]]] = [
+            [[] for _ in range(items.shape[1])] for _ in range(len(state))
+        ]
+        for pair, (r, j) in enumerate(zip(rows, ranks, strict=True)):
+            out[r][j] = words[pair]
+        return out
+
+    def _first_stage_reasons(
+        self, state: CustomerState, items: np.ndarray, n: int, x: sp.csr_matrix
+    ) -> list[list[list[str]]]:
         out: list[list[list[str]]] = [[] for _ in range(len(state))]
         words_of, useless, topics = self._words()
         per_feature, _ = self._weights(relative=True)
