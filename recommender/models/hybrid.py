@@ -54,7 +54,7 @@ class HybridConfig:
     max_sampled: int = 10
     random_state: int = 42
     num_threads: int = 0  # 0: all cores (members are fitted in parallel)
-    ensemble: int = 2  # members with seeds random_state, random_state+1, ...; scores averaged
+    ensemble: int = 1  # members with seeds random_state, random_state+1, ...; scores averaged
     item_features: bool = True  # category, risk level, family besides the product id
     # WARP never samples a held product as a negative: 5x the fitting time, no better on
     # real data (README, "Quality"); held products are excluded when recommending anyway.
