@@ -40,6 +40,12 @@ def suggest(trial: Any, base: HybridConfig) -> HybridConfig:
         "max_sampled": trial.suggest_int("max_sampled", 5, 50, log=True),
         "features.n_bins": trial.suggest_int("features.n_bins", 5, 40),
         "features.held_set": trial.suggest_categorical("features.held_set", [True, False]),
+        "features.held_for": trial.suggest_categorical("features.held_for", [True, False]),
+        "features.dropped": trial.suggest_categorical("features.dropped", [True, False]),
+        "features.lags": trial.suggest_int("features.lags", 0, 2),
+        "features.held_before": trial.suggest_categorical("features.held_before", [True, False]),
+        "features.since_drop": trial.suggest_categorical("features.since_drop", [True, False]),
+        "recency_half_life": trial.suggest_categorical("recency_half_life", [0.0, 2.0, 6.0]),
     })  # fmt: skip
     return HybridConfig.from_dict(values)
 

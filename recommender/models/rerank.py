@@ -82,7 +82,7 @@ class Reranker:
                 labels,
                 group=groups[groups > 0],
                 feature_name=[f"f{i}" for i in range(frame.shape[1])],
-                categorical_feature=[frame.columns.get_loc(c) for c in self._categorical()],
+                categorical_feature=[list(frame.columns).index(c) for c in self._categorical()],
             ),
             num_boost_round=cfg.rounds,
         )
