@@ -49,14 +49,17 @@ class CustomerDirectory:
             self._states[key] = self.cube.state_at(len(self.dates) - 1, options)
         return self._states[key]
 
-    def client(self, options: StateOptions, row: int) -> CustomerState:
-        """One client's state without attributes (requests use precomputed features and
-        rule facts; copying a row of a million-row table costs more than the scoring)."""
+    def client(self, options: StateOptions, row: int, attributes: bool = False) -> CustomerState:
+        """One client's state, without attributes unless asked (requests use precomputed
+        features and rule facts; copying a row of a million-row table costs more than the
+        scoring; a re-ranked model reads them)."""
         s = self.state(options)
         rows = np.array([row])
+        if attributes:
+            return s.take(rows)
         return CustomerState(s.customer_ids[rows], s.as_of[rows], s.held[rows], s.dropped[rows],
                              s.held_months[rows], NO_ATTRIBUTES, s.tier[rows], s.segment[rows],
-                             s.tiering)  # fmt: skip
+                             s.tiering, s.past.take(rows))  # fmt: skip
 
     def segments(self, options: StateOptions) -> set[str]:
         return {str(s) for s in self.state(options).segment}

@@ -114,7 +114,7 @@ def decide(svc: Services, item: RecommendationRequest) -> Decision:
         x, facts = None, None
     else:
         assert row is not None and item.customer_id is not None
-        state = svc.directory.client(served.bundle.options, row)
+        state = svc.directory.client(served.bundle.options, row, served.bundle.model.reranked)
         x = served.features[row]
         facts = served.facts.take(np.array([row]))
     ranking = svc.popularity if arm.policy == "popularity" else None

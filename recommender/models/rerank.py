@@ -67,10 +67,14 @@ class Reranker:
         self.levels_ = {
             str(c): [str(v) for v in attributes[c].astype(str).value_counts().index[:MAX_LEVELS]]
             for c in attributes.columns
-            if not pd.api.types.is_numeric_dtype(attributes[c])
+            if not (
+                pd.api.types.is_numeric_dtype(attributes[c])
+                or pd.api.types.is_datetime64_any_dtype(attributes[c])
+            )
             or pd.api.types.is_bool_dtype(attributes[c])
         }
         self.n_products_ = scores.shape[1]
+        self.attribute_columns_ = [str(c) for c in attributes.columns]
         rows, products, ranks = _candidate_pairs(scores, state.held, cfg.candidates)
         frame = self.pair_features(state, scores, rows, products, ranks)
         labels = targets[rows, products].astype(int)
@@ -139,17 +143,22 @@ class Reranker:
         columns["n_held"] = state.held.sum(axis=1)[rows]
         columns["depth"] = depth
         columns["tier"] = pd.Index(["A", "B", "C"]).get_indexer(pd.Index(state.tier[rows]))
-        for column in state.attributes.columns:
-            columns[f"attr:{column}"] = self._attribute(state.attributes[column])[rows]
+        attributes = state.attributes.reindex(columns=self.attribute_columns_)
+        for column in self.attribute_columns_:  # the training columns, in training order
+            columns[f"attr:{column}"] = self._attribute(attributes[column], state.as_of)[rows]
         return pd.DataFrame(columns)
 
-    def _attribute(self, values: pd.Series) -> np.ndarray:
+    def _attribute(self, values: pd.Series, as_of: np.ndarray) -> np.ndarray:
+        """Level codes (unknown levels one code past the known), dates as years before the
+        snapshot (birth date -> age), numbers as they are."""
         name = str(values.name)
         if name in self.levels_:
             codes = pd.Index(self.levels_[name]).get_indexer(pd.Index(values.astype(str)))
             return np.where(codes < 0, len(self.levels_[name]), codes).astype(float)
         if pd.api.types.is_datetime64_any_dtype(values):
-            return np.asarray(values.astype("int64") // 86_400_000_000_000, dtype=float)
+            dates = pd.to_datetime(values).to_numpy(dtype="datetime64[ns]")
+            days = (as_of.astype("datetime64[ns]") - dates).astype("timedelta64[D]")
+            return np.where(np.isnat(dates), np.nan, days.astype(float) / 365.25)
         return np.asarray(pd.to_numeric(values, errors="coerce"), dtype=float)
 
     def score(self, state: CustomerState, scores: np.ndarray) -> np.ndarray:
@@ -170,6 +179,9 @@ class Reranker:
         """(contributions, features) of each (row, product) pair: per-feature SHAP values
         whose columns plus `base` sum to the pair's re-ranker score, and the values read."""
         cfg = self.config or RerankConfig()
+        if not len(rows):
+            empty = pd.DataFrame(columns=[*self.feature_names_, "base"], dtype=float)
+            return empty, pd.DataFrame(columns=self.feature_names_, dtype=float)
         all_rows, all_products, all_ranks = _candidate_pairs(scores, state.held, cfg.candidates)
         ranks = pd.Series(all_ranks, index=pd.MultiIndex.from_arrays([all_rows, all_products]))
         rank = ranks.reindex(pd.MultiIndex.from_arrays([rows, products])).fillna(cfg.candidates)
@@ -241,6 +253,8 @@ def pair_words(
         other = with_article(names[int(rest)])
         return f"holds {other}" if value else f"does not hold {other}"
     if kind == "attr":
+        if rest in levels and int(value) >= len(levels[rest]):
+            return None  # a rare or unseen level is no reason
         return f"{rest.replace('_', ' ')}: {_attribute_words(rest, value, levels)}"
     simple = {
         "product": f"{names[product]} is often taken next",
@@ -249,7 +263,7 @@ def pair_words(
         "adds": f"opened {offered} {_times(value)} before" if value else None,
         "drops": f"closed {offered} {_times(value)} before" if value else None,
         "n_held": f"holds {int(value)} product{'' if value == 1 else 's'}",
-        "depth": f"{int(value)} months on record",
+        "depth": f"{int(value)} month{'' if value == 1 else 's'} on record",
         "tier": f"value tier {'ABC'[int(value)]}" if 0 <= value < 3 else None,
     }
     return simple.get(kind)
@@ -257,6 +271,5 @@ def pair_words(
 
 def _attribute_words(column: str, value: float, levels: dict[str, list[str]]) -> str:
     if column in levels:
-        known = levels[column]
-        return known[int(value)] if int(value) < len(known) else "other"
+        return levels[column][int(value)]
     return f"{value:,.0f}" if abs(value) >= 10 else f"{value:.3g}"
