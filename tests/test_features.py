@@ -93,7 +93,8 @@ def test_options_switch_blocks_off_and_unfitted_raises() -> None:
     with pytest.raises(NotFittedError, match="call fit"):
         FeatureBuilder().transform(s)
     only_holdings = FeatureBuilder(
-        FeatureOptions(attributes=False, tier=False, held_for=False, dropped=False, held_set=False)
+        FeatureOptions(attributes=False, tier=False, held_for=False, dropped=False,
+                       held_set=False, lags=0, held_before=False)  # fmt: skip
     ).fit(s, ["acc", "card"])
     assert only_holdings.vocabulary_ == ["held:acc", "held:card"]
 

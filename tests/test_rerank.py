@@ -191,6 +191,7 @@ LEVELS = {"segment": ["top", "mass"]}
         ("tier", 2.0, 0, "value tier C"),
         ("tier", -1.0, 0, None),  # a tier the re-ranker never saw
         ("attr:segment", 1.0, 0, "segment: mass"),
+        ("attr:segment", 2.0, 0, None),  # a level the re-ranker never kept is no reason
         ("attr:monthly_income", 45000.0, 0, "monthly income: 45,000"),
         ("attr:risk", 2.5, 0, "risk: 2.5"),
         ("hybrid_gap", -0.3, 0, None),  # LightFM's share is said in LightFM's words
