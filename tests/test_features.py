@@ -93,8 +93,15 @@ def test_options_switch_blocks_off_and_unfitted_raises() -> None:
     with pytest.raises(NotFittedError, match="call fit"):
         FeatureBuilder().transform(s)
     only_holdings = FeatureBuilder(
-        FeatureOptions(attributes=False, tier=False, held_for=False, dropped=False,
-                       held_set=False, lags=0, held_before=False)  # fmt: skip
+        FeatureOptions(
+            attributes=False,
+            tier=False,
+            held_for=False,
+            dropped=False,
+            held_set=False,
+            lags=0,
+            held_before=False,
+        )
     ).fit(s, ["acc", "card"])
     assert only_holdings.vocabulary_ == ["held:acc", "held:card"]
 
