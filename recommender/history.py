@@ -87,14 +87,7 @@ class History:
         return np.asarray(self.past != 0) | (self.drops > 0)
 
     def take(self, rows: np.ndarray) -> History:
-        return History(
-            self.past[rows],
-            self.depth[rows],
-            self.since_add[rows],
-            self.since_drop[rows],
-            self.adds[rows],
-            self.drops[rows],
-        )
+        return History(*(a[rows] for a in self._arrays()))
 
     def without(self, products: np.ndarray) -> History:
         """Row i's product `products[i]` as never on record (a hidden holding must not

@@ -25,6 +25,14 @@ def bank(
     return write_and_load(attrs, frame, prods, Path(_tmpdir()))
 
 
+def synthetic_bank(directory: Path, customers: int, months: int, seed: int) -> BankData:
+    """A small synthetic bank written to `directory` and loaded like a real one."""
+    from recommender.synthetic import generate, write_bank
+
+    write_bank(generate(customers, months, seed=seed), directory)
+    return load_bank_data(directory)
+
+
 def write_and_load(
     customers: pd.DataFrame, holdings: pd.DataFrame, products: pd.DataFrame, directory: Path
 ) -> BankData:

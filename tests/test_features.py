@@ -7,6 +7,7 @@ import pytest
 from recommender.errors import NotFittedError
 from recommender.features import FeatureBuilder, FeatureOptions
 from recommender.state import CENSORED, CustomerState
+from tests.test_temporal import only
 
 
 def state(
@@ -92,17 +93,7 @@ def test_options_switch_blocks_off_and_unfitted_raises() -> None:
     s = state(ATTRS, [[1, 0]] * 4)
     with pytest.raises(NotFittedError, match="call fit"):
         FeatureBuilder().transform(s)
-    only_holdings = FeatureBuilder(
-        FeatureOptions(
-            attributes=False,
-            tier=False,
-            held_for=False,
-            dropped=False,
-            held_set=False,
-            lags=0,
-            held_before=False,
-        )
-    ).fit(s, ["acc", "card"])
+    only_holdings = FeatureBuilder(only(holdings=True)).fit(s, ["acc", "card"])
     assert only_holdings.vocabulary_ == ["held:acc", "held:card"]
 
 

@@ -19,15 +19,14 @@ from recommender.pipeline import run_pipeline
 from recommender.probability import ProbabilityCalibrator, fit_calibrator
 from recommender.protocol import Split, split, temporal_split
 from recommender.synthetic import generate, write_bank
+from tests.helpers import synthetic_bank
 
 SMALL = HybridConfig(epochs=10, no_components=16)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> BankData:
-    out = tmp_path_factory.mktemp("bank") / "bank"
-    write_bank(generate(6000, 6, seed=21), out)
-    return load_bank_data(out)
+    return synthetic_bank(tmp_path_factory.mktemp("bank") / "bank", 6000, 6, seed=21)
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recommender.dataset import BankData, load_bank_data
+from recommender.dataset import BankData
 from recommender.errors import ConfigError, ModelFitError, NotFittedError
 from recommender.models.hybrid import HybridConfig, HybridModel
 from recommender.models.rerank import BELOW, Reranker, _candidate_pairs, pair_words
 from recommender.protocol import Split, split
-from recommender.synthetic import generate, write_bank
+from tests.helpers import synthetic_bank
 
 CANDIDATES = 10
 RERANK = HybridConfig(
@@ -29,9 +29,7 @@ RERANK = HybridConfig(
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> BankData:
-    out = tmp_path_factory.mktemp("bank") / "bank"
-    write_bank(generate(3000, 6, seed=21), out)
-    return load_bank_data(out)
+    return synthetic_bank(tmp_path_factory.mktemp("bank") / "bank", 3000, 6, seed=21)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import mlflow
 import pytest
 
 from serving.app import create_app
@@ -20,9 +19,9 @@ from tests.serving_fixtures import (
     make_bank,
     make_keys,
     store_uri,
+    train_into,
 )
 from tests.test_serving import assert_offer_list, recommend
-from training.train import train
 
 RERANKED = replace(SMALL, rerank=True, rerank_rounds=10, rerank_candidates=6)
 
@@ -32,10 +31,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     home = tmp_path_factory.mktemp("rerank")
     bank_dir = make_bank(home / "bank")
     uri = store_uri(home)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(home)
-        patch.setattr(mlflow.models, "infer_pip_requirements", lambda *a, **kw: ["mlflow"])
-        outcome = train(bank_dir, config=RERANKED, tracking_uri=uri)
+    outcome = train_into(bank_dir, uri, home, RERANKED)
     keys_file = home / "api_keys.json"
     return World(home, bank_dir, uri, keys_file, make_keys(keys_file), outcome.version)
 
