@@ -87,14 +87,15 @@ def store_uri(home: Path) -> str:
 
 
 def train_into(
-    bank_dir: Path, tracking_uri: str, home: Path, config: HybridConfig = SMALL
+    bank_dir: Path, tracking_uri: str, home: Path, config: HybridConfig | None = None
 ) -> TrainOutcome:
-    """A real `train` into the store; MLflow's pip-requirement inference (a subprocess of
-    several seconds) is skipped."""
+    """A real `train` into the store (with `config`, else the module's SMALL, read at call
+    time: tests patch it); MLflow's pip-requirement inference (a subprocess of several
+    seconds) is skipped."""
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(home)
         patch.setattr(mlflow.models, "infer_pip_requirements", lambda *a, **kw: ["mlflow"])
-        return train(bank_dir, config=config, tracking_uri=tracking_uri)
+        return train(bank_dir, config=config or SMALL, tracking_uri=tracking_uri)
 
 
 def promote_to_champion(tracking_uri: str, version: str) -> None:
