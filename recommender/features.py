@@ -21,7 +21,7 @@ seen in training) can be encoded.
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -73,6 +73,14 @@ class FeatureOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def coarse(options: FeatureOptions) -> FeatureOptions:
+    """The coarse view of an encoding: deciles, numbers with up to 10 values as levels,
+    levels held by 1%+ of customers, holdings without held_for / held_set / dropped / tier
+    tokens; time options and exclusions as given."""
+    return replace(options, n_bins=10, max_levels=10, min_share=0.01, held_for=False,
+                   held_set=False, dropped=False, tier=False, cross_held=False)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The hybrid LightFM model: estimator contract, exact explanations, calibration, quality."""
 
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from recommender.dataset import BankData, load_bank_data
 from recommender.errors import ConfigError, NotFittedError
 from recommender.evaluation import report, run_models
 from recommender.explanation import describe
+from recommender.features import FeatureOptions, coarse
 from recommender.models import hybrid
 from recommender.models.baselines import Popularity
 from recommender.models.hybrid import HybridConfig, HybridModel
@@ -187,3 +189,31 @@ def test_zimnat_like_single_snapshot_trains(tmp_path: Path) -> None:
     assert (
         result.report["models"]["hybrid"]["map@7"] > result.report["models"]["popularity"]["map@7"]
     )
+
+
+def test_coarse_view_scores_are_the_mean_of_each_view_fitted_alone(
+    the_split: Split, data: BankData
+) -> None:
+    """The coarse view is one more member on `coarse(features)`: the joined model scores
+    exactly what the two single-view models average to, and explains from both vocabularies."""
+    joined = HybridModel(replace(SMALL, coarse_view=True)).fit(the_split.train, data.products)
+    alone = replace(SMALL, coarse_view=False)
+    fine = HybridModel(alone).fit(the_split.train, data.products)
+    rough = HybridModel(replace(alone, features=coarse(alone.features)))
+    rough.fit(the_split.train, data.products)
+    state = the_split.test.state
+    expected = (fine.score(state) + rough.score(state)) / 2
+    assert np.allclose(joined.score(state), expected, atol=1e-5)
+    assert joined.vocabulary_ == fine.builder_.vocabulary_ + rough.builder_.vocabulary_
+    assert "held_for" not in " ".join(rough.builder_.vocabulary_)
+    items, _ = joined.recommend(state.take(np.arange(5)), 3)
+    parts, base = joined.contributions(state.take(np.arange(5)), items[:, 0])
+    scores = joined.score(state.take(np.arange(5)))[np.arange(5), items[:, 0]]
+    assert np.allclose(np.asarray(parts.sum(axis=1)).ravel() + base, scores, atol=1e-5)
+
+
+def test_coarse_options_keep_time_and_exclusions() -> None:
+    options = coarse(FeatureOptions(lags=2, since_drop=True, exclude=("city",), n_bins=30))
+    assert (options.n_bins, options.max_levels, options.min_share) == (10, 10, 0.01)
+    assert not (options.held_for or options.held_set or options.dropped or options.tier)
+    assert options.lags == 2 and options.since_drop and options.exclude == ("city",)

@@ -105,7 +105,7 @@ def _log_run(
         mlflow.log_metrics(report_metrics(report))
         mlflow.log_dict(report, "report.json")
         mlflow.log_dict(data_id, "data_fingerprint.json")
-        mlflow.log_dict({"customer_features": bundle.model.builder_.vocabulary_,
+        mlflow.log_dict({"customer_features": bundle.model.vocabulary_,
                          "product_features": bundle.model.item_vocabulary_},
                         "feature_vocabulary.json")  # fmt: skip
         names = dict(zip(bundle.product_ids, bundle.products["name"].astype(str), strict=True))

@@ -26,7 +26,7 @@ import scipy.sparse as sp
 from recommender import columns as C
 from recommender.errors import ConfigError, ModelFitError, NotFittedError
 from recommender.explanation import row_reasons, top_reasons, vocabulary_words
-from recommender.features import FeatureBuilder, FeatureOptions
+from recommender.features import FeatureBuilder, FeatureOptions, coarse
 from recommender.history import DAYS_PER_MONTH
 from recommender.models.base import Recommender
 from recommender.models.rerank import RerankConfig, Reranker
@@ -55,6 +55,9 @@ class HybridConfig:
     random_state: int = 42
     num_threads: int = 0  # 0: all cores (members are fitted in parallel)
     ensemble: int = 1  # members with seeds random_state, random_state+1, ...; scores averaged
+    # The same members once more on a coarse encoding of the customer (`features.coarse`):
+    # fine tokens fit one bank, coarse ones another; their average holds up on both (README).
+    coarse_view: bool = True
     item_features: bool = True  # category, risk level, family besides the product id
     # WARP never samples a held product as a negative: 5x the fitting time, no better on
     # real data (README, "Quality"); held products are excluded when recommending anyway.
@@ -142,22 +145,27 @@ class HybridModel(Recommender):
         cfg = self.config or HybridConfig()
         if products is None:
             products = pd.DataFrame({C.PRODUCT_ID: [str(i) for i in range(self.n_products_)]})
-        self.builder_ = FeatureBuilder(cfg.features).fit(
-            train.state, [str(p) for p in products[C.PRODUCT_ID]]
-        )
+        ids = [str(p) for p in products[C.PRODUCT_ID]]
+        views = [cfg.features, coarse(cfg.features)] if cfg.coarse_view else [cfg.features]
+        self.builders_ = [FeatureBuilder(o).fit(train.state, ids) for o in views]
+        self.builder_ = self.builders_[0]
+        self.vocabulary_ = [t for b in self.builders_ for t in b.vocabulary_]
         self.product_names_ = _names(products)
         self.item_features_, self.item_vocabulary_ = item_feature_matrix(
             products, cfg.item_features
         )
         users = self._user_features(train.state, cfg)
         interactions, weights = _interactions(train, cfg.held_not_negative, cfg.recency_half_life)
+        bounds = np.cumsum([0] + [len(b.vocabulary_) for b in self.builders_])
+        members = [
+            (v, cfg.random_state + m) for v in range(len(views)) for m in range(cfg.ensemble)
+        ]
         threads = cfg.num_threads or _cpu_count()
-        seeds = [cfg.random_state + m for m in range(cfg.ensemble)]
-        with ThreadPoolExecutor(max_workers=min(threads, cfg.ensemble)) as pool:
-            fitted = list(
-                pool.map(lambda seed: self._fit_one(seed, cfg, users, interactions, weights), seeds)
-            )
-        self._keep_embeddings(fitted)
+        with ThreadPoolExecutor(max_workers=min(threads, len(members))) as pool:
+            fitted = list(pool.map(lambda member: self._fit_one(
+                member[1], cfg, users[:, bounds[member[0]]:bounds[member[0] + 1]], interactions,
+                weights), members))  # fmt: skip
+        self._keep_embeddings(fitted, [bounds[v] for v, _ in members])
         self.reranker_ = self._fit_reranker(train, products, cfg) if cfg.rerank else None
 
     def _fit_reranker(self, train: Examples, products: pd.DataFrame, cfg: HybridConfig) -> Reranker:
@@ -211,13 +219,18 @@ class HybridModel(Recommender):
             num_threads=1,
         )
 
-    def _keep_embeddings(self, models: list[Any]) -> None:
-        """Average of the members' scores, stored as one model with stacked embeddings."""
+    def _keep_embeddings(self, models: list[Any], first_rows: list[int]) -> None:
+        """Average of the members' scores, stored as one model with stacked embeddings: member
+        m's feature embeddings fill its view's rows (from `first_rows[m]`) and its columns,
+        zero elsewhere, so one product with the joined feature matrix scores every member."""
         m = len(models)
         items = self.item_features_
-        self.user_embeddings_ = np.hstack(
-            [np.asarray(x.user_embeddings, np.float64) for x in models]
-        )
+        blocks = [np.asarray(x.user_embeddings, np.float64) for x in models]
+        self.user_embeddings_ = np.zeros((len(self.vocabulary_), sum(b.shape[1] for b in blocks)))
+        column = 0
+        for block, row in zip(blocks, first_rows, strict=True):
+            self.user_embeddings_[row : row + len(block), column : column + block.shape[1]] = block
+            column += block.shape[1]
         self.item_repr_ = (
             np.hstack([items @ np.asarray(x.item_embeddings, np.float64) for x in models]) / m
         )
@@ -231,11 +244,15 @@ class HybridModel(Recommender):
             )
 
     def _user_features(self, state: CustomerState, cfg: HybridConfig) -> sp.csr_matrix:
-        x = self.builder_.transform(state)
-        if cfg.normalize:
-            sums = np.asarray(x.sum(axis=1)).ravel()
-            x = sp.diags(1.0 / np.maximum(sums, 1.0)) @ x
-        return sp.csr_matrix(x, dtype=np.float32)
+        """Each view's features side by side (columns in `vocabulary_` order)."""
+        parts = []
+        for builder in self.__dict__.get("builders_", [self.builder_]):  # older models: one
+            x = builder.transform(state)
+            if cfg.normalize:
+                sums = np.asarray(x.sum(axis=1)).ravel()
+                x = sp.diags(1.0 / np.maximum(sums, 1.0)) @ x
+            parts.append(x)
+        return sp.csr_matrix(sp.hstack(parts, format="csr"), dtype=np.float32)
 
     def _score(self, state: CustomerState) -> np.ndarray:
         return self.score_features(self.features(state), state)
@@ -322,7 +339,8 @@ class HybridModel(Recommender):
     def _words(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         cached: tuple[np.ndarray, np.ndarray, np.ndarray] | None = self.__dict__.get("_words_cache")
         if cached is None:
-            cached = vocabulary_words(self.builder_.vocabulary_, self.product_names_)
+            vocabulary = self.__dict__.get("vocabulary_", self.builder_.vocabulary_)
+            cached = vocabulary_words(vocabulary, self.product_names_)
             self.__dict__["_words_cache"] = cached
         return cached
 
