@@ -53,7 +53,7 @@ class ProbabilityCalibrator:
         if self.method == "rank":  # logit = w[product] + w[rank] + b, on whole arrays
             weights = self.model_.coef_.ravel()
             p = self.n_products_
-            logit = weights[:p][None, :] + weights[p:][_ranks(scores, held)]
+            logit = weights[:p][None, :] + weights[p:][ranks_in_list(scores, held)]
             probability = 1.0 / (1.0 + np.exp(-(logit + self.model_.intercept_[0])))
             return np.where(held, 0.0, probability)
         x = self._design(scores, held)
@@ -69,7 +69,7 @@ class ProbabilityCalibrator:
         """Features of every open (customer, product) pair, in row-major order."""
         if self.method != "rank":
             return scores[~held][:, None]
-        ranks = _ranks(scores, held)
+        ranks = ranks_in_list(scores, held)
         rows, products = np.nonzero(~held)
         n = len(rows)
         p = self.n_products_
@@ -78,7 +78,7 @@ class ProbabilityCalibrator:
         return sp.csr_matrix((data, (np.tile(np.arange(n), 2), cols)), shape=(n, 2 * p))
 
 
-def _ranks(scores: np.ndarray, held: np.ndarray) -> np.ndarray:
+def ranks_in_list(scores: np.ndarray, held: np.ndarray) -> np.ndarray:
     """0-based rank of each product in its customer's list (held products last)."""
     order = np.argsort(-np.where(held, -np.inf, scores), axis=1, kind="stable")
     ranks = np.empty_like(order)

@@ -12,7 +12,7 @@ import pytest
 from recommender.dataset import BankData
 from recommender.errors import ConfigError, ModelFitError, NotFittedError
 from recommender.models.hybrid import HybridConfig, HybridModel
-from recommender.models.rerank import BELOW, Reranker, _candidate_pairs, pair_words
+from recommender.models.rerank import Reranker, _candidate_pairs, pair_words
 from recommender.protocol import Split, split
 from tests.helpers import synthetic_bank
 
@@ -59,7 +59,8 @@ def test_recommendations_never_offer_held_products(model: HybridModel, the_split
 
 def test_only_lightfm_candidates_are_reordered(model: HybridModel, the_split: Split) -> None:
     """The top of the list is LightFM's best products not held, in the re-ranker's order;
-    every other product keeps LightFM's score, pushed below all candidates."""
+    every other product follows in LightFM's order, one step apart below the lowest
+    candidate (scores an officer can read, not an offset of a million)."""
     state = the_split.test.state
     first = model.first_stage(model.features(state))
     scores = model.score(state)
@@ -67,7 +68,13 @@ def test_only_lightfm_candidates_are_reordered(model: HybridModel, the_split: Sp
     candidate = np.zeros(scores.shape, dtype=bool)
     candidate[rows, products] = True
     assert (candidate.sum(axis=1) == np.minimum(CANDIDATES, (~state.held).sum(axis=1))).all()
-    assert np.array_equal(scores[~candidate], first[~candidate] - BELOW)
+    floor = np.where(candidate, scores, np.inf).min(axis=1)
+    order = np.argsort(-np.where(state.held, -np.inf, first), axis=1, kind="stable")
+    for row in range(20):
+        rest = [p for p in order[row] if not candidate[row, p] and not state.held[row, p]]
+        expected = floor[row] - 1.0 - np.arange(len(rest)) - candidate[row].sum()
+        assert np.allclose(scores[row, rest], expected)
+    assert np.abs(scores).max() < 100
     items, _ = model.recommend(state, 3)
     assert candidate[np.arange(len(state))[:, None], items].all()
     by_lightfm = np.argsort(-np.where(state.held, -np.inf, first), axis=1, kind="stable")[:, :3]

@@ -24,10 +24,10 @@ import pandas as pd
 from recommender.errors import NotFittedError
 from recommender.explanation import with_article
 from recommender.history import NEVER
+from recommender.probability import ranks_in_list
 from recommender.state import CustomerState
 
 FROM_LIGHTFM = ("hybrid_gap", "hybrid_rank")
-BELOW = 1e6  # non-candidates score below every candidate, in LightFM's order
 MAX_LEVELS = 50  # categorical attributes: most frequent levels kept, the rest one code
 
 
@@ -162,15 +162,22 @@ class Reranker:
         return np.asarray(pd.to_numeric(values, errors="coerce"), dtype=float)
 
     def score(self, state: CustomerState, scores: np.ndarray) -> np.ndarray:
-        """Candidates by the re-ranker, the rest below them in LightFM's order."""
+        """Candidates by the re-ranker; the rest one step apart below the customer's lowest
+        candidate, in LightFM's order (scores on the re-ranker's scale, which is what an
+        officer sees)."""
         if not hasattr(self, "booster_"):
             raise NotFittedError("Reranker is not fitted; call fit(state, scores, targets)")
         cfg = self.config or RerankConfig()
         rows, products, ranks = _candidate_pairs(scores, state.held, cfg.candidates)
-        out = scores - BELOW
+        predicted = np.zeros(len(rows))
         if len(rows):
             frame = self.pair_features(state, scores, rows, products, ranks)
-            out[rows, products] = self.booster_.predict(_matrix(frame))
+            predicted = np.asarray(self.booster_.predict(_matrix(frame)), dtype=float)
+        floor = np.full(len(scores), np.inf)
+        np.minimum.at(floor, rows, predicted)
+        floor[np.isinf(floor)] = 0.0  # a customer with no candidate (everything held)
+        out: np.ndarray = floor[:, None] - 1.0 - ranks_in_list(scores, state.held)
+        out[rows, products] = predicted
         return out
 
     def contributions(
