@@ -8,20 +8,30 @@
 #     -e RECOMMENDER_TRACKING_URI=http://mlflow:5000 \
 #     -e RECOMMENDER_EVENTS_URL=postgresql+psycopg://nbo@db/nbo nbo-api
 
-ARG PYTHON=3.11
+# Pin the base image by digest where the registry can be reached, so a rebuild cannot pick
+# up a different image under the same tag:
+#   docker buildx imagetools inspect python:3.11-slim   # prints "Digest: sha256:..."
+#   docker build --build-arg BASE=python:3.11-slim@sha256:<digest> -t nbo-api .
+ARG BASE=python:3.11-slim
 
-FROM python:${PYTHON}-slim AS builder
+FROM ${BASE} AS builder
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc g++ \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+COPY requirements ./requirements
+# Every dependency from the hashed lock (--require-hashes), build tools included, so
+# nothing unreviewed is fetched at build time; sdists are compiled here into wheels.
+RUN pip install --no-cache-dir --require-hashes -r requirements/build.lock \
+    && pip wheel --no-cache-dir --require-hashes --no-build-isolation --wheel-dir /wheels \
+       -r requirements/runtime.lock
 COPY pyproject.toml README.md ./
 COPY recommender ./recommender
 COPY training ./training
 COPY serving ./serving
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels .
 
-FROM python:${PYTHON}-slim AS runtime
+FROM ${BASE} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -34,7 +44,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PORT=8000 \
     WORKERS=2
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels recommender \
+    pip install --no-index --no-deps /wheels/*.whl \
     && useradd --system --uid 10001 --home-dir /var/lib/nbo --create-home nbo \
     && mkdir -p /data /config \
     && chown nbo /var/lib/nbo

@@ -7,12 +7,20 @@ DEMO_CUSTOMERS ?= 50000
 DEMO_MONTHS ?= 12
 DEMO_PORT ?= 8000
 
-.PHONY: install demo test lint bench audit clean
+.PHONY: install demo test lint bench audit clean lock
 
-$(STAMP): pyproject.toml
+# Installs only what the lock files name, each file checked against its SHA-256
+# (--require-hashes): a package swapped on the index, or a dependency nobody reviewed,
+# stops the install. Build tools come from their own lock, so nothing is fetched unhashed
+# for a build either (--no-build-isolation). `make lock` regenerates the locks.
+LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	--index-url https://pypi.org/simple --quiet
+
+$(STAMP): pyproject.toml requirements/build.lock requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements/build.lock
+	$(BIN)/pip install --quiet --require-hashes --no-build-isolation -r requirements/dev.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -51,6 +59,13 @@ test: $(STAMP) lint
 # audit-exceptions.txt, one `--ignore-vuln ID` per line with its justification.
 audit: $(STAMP)
 	$(BIN)/pip-audit --strict --progress-spinner off --skip-editable $$(grep -o '^--ignore-vuln [A-Za-z0-9-]*' audit-exceptions.txt)
+
+# Regenerate the hashed lock files after changing dependencies in pyproject.toml (needs the
+# package index; uv comes with the dev lock). The test suite checks they agree.
+lock: $(STAMP)
+	$(BIN)/uv pip compile requirements/build.in $(LOCK_FLAGS) -o requirements/build.lock
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) -o requirements/runtime.lock
+	$(BIN)/uv pip compile pyproject.toml --extra dev $(LOCK_FLAGS) -o requirements/dev.lock
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
