@@ -44,6 +44,7 @@ demo: $(STAMP)
 	@echo "Starting the API (Ctrl+C to stop)..."
 	RECOMMENDER_DATA_DIR=$(DEMO_DIR)/bank RECOMMENDER_EVENTS_URL=sqlite:///$(CURDIR)/$(DEMO_DIR)/events.db \
 	RECOMMENDER_API_KEYS_FILE=$(DEMO_DIR)/api_keys.json RECOMMENDER_POLL_SECONDS=30 \
+	RECOMMENDER_RATE_LIMIT_PER_MINUTE=60000 \
 	$(BIN)/recommender serve --port $(DEMO_PORT)
 
 lint: $(STAMP)

@@ -98,6 +98,10 @@ def prepare(
         "RECOMMENDER_LOCAL_MODEL_DIR": str(root / "models"),
         "RECOMMENDER_SPILL_DIR": str(root / "spill"),
         "RECOMMENDER_POLL_SECONDS": "0",
+        # Capacity is measured with one key at full speed: per-key limits would measure
+        # the limits, not the service.
+        "RECOMMENDER_RATE_LIMIT_PER_MINUTE": "0",
+        "RECOMMENDER_RATE_LIMIT_CONCURRENCY": "0",
     }
     return env, key
 

@@ -8,6 +8,7 @@ states and states into ranked, explained offers.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -19,6 +20,7 @@ from recommender import columns as C
 from recommender.errors import ConfigError
 from recommender.models.hybrid import HybridModel
 from recommender.ranking import top_k
+from recommender.rules import AGE_COLUMNS, BIRTH_COLUMNS, INCOME_COLUMNS, RISK_COLUMNS
 from recommender.state import CENSORED, CustomerState, StateOptions
 from recommender.tier import ValueTier, segment_labels
 
@@ -31,6 +33,27 @@ RECORD_FIELDS = (C.CUSTOMER_ID, HOLDINGS, DROPPED, AS_OF)
 # When no feature of the client pushes a product up, it was chosen for what it is.
 FALLBACK_REASON = {"propensity": "popular with clients overall",
                    "expected_value": "high value of a sale"}  # fmt: skip
+# Plausible values of a record's attributes (`coerce_attributes`): the attributes the
+# rules read have known domains; any other number may lie up to SPREAD_SLACK spreads of
+# the training data's quantiles beyond them (an income 100 times the top ones is a
+# client, 1e308 is not); dates are years before the model's snapshot date.
+MAX_AGE_YEARS = 120.0
+SPREAD_SLACK = 100.0
+NEWBORN_YEARS = 1.0  # a birth date up to a year after the model's snapshot date
+DATE_SLACK_YEARS = 10.0  # other dates: this much beyond the training data's, and 0-120
+AS_OF_SLACK_YEARS = 10.0  # a record's as_of: within this of the model's snapshot date
+DAYS_PER_YEAR = 365.25
+
+
+@dataclass(frozen=True)
+class AllowedRange:
+    """Where an attribute's values must lie: numbers as they are, dates in years before
+    the model's snapshot date (0 to 120 for a birth date: an age of 0 to 120); `why`
+    goes into the error."""
+
+    low: float
+    high: float
+    why: str
 
 
 @dataclass
@@ -83,7 +106,12 @@ class ModelBundle:
 
     def coerce_attributes(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Attribute values as the model saw them in training: dates as dates, numbers as
-        numbers. Unknown attributes and unparsable values are errors naming them."""
+        numbers. Unknown attributes, unparsable values and values outside
+        `attribute_ranges` (an age of -5, an income of 1e308, a risk tolerance of 99, a
+        birth date in 1600 or 9999) are errors naming the attribute, the value and the
+        range: such values reach the eligibility and suitability rules and the model's
+        encoding as if they were facts. This is the gate of records sent by callers
+        (cold starts); the bank's own data is not checked here."""
         kinds = self.attribute_kinds()
         unknown = [c for c in frame.columns if c not in kinds and c not in RECORD_FIELDS]
         if unknown:
@@ -91,22 +119,79 @@ class ModelBundle:
                 f"unknown attribute {unknown[0]!r}; known: {', '.join(sorted(kinds))}"
             )
         out = frame.copy()
+        ranges = self.attribute_ranges()
         for column, kind in kinds.items():
             if column not in out.columns or kind == "categorical":
                 continue
             raw = out[column]
+            parsed: pd.Series
             if kind == "date":
-                parsed = pd.to_datetime(raw, errors="coerce", format="ISO8601")
+                parsed = _dates(raw)
             else:
-                parsed = pd.to_numeric(raw.map(_not_bool), errors="coerce")
-                parsed = parsed.where(np.isfinite(parsed.astype(float)))
+                parsed = pd.to_numeric(raw.map(_number_like), errors="coerce").astype(float)
             bad = raw.notna() & parsed.isna()
             if bad.any():
-                value = _plain(raw[bad].iloc[0])
+                value = _shown(raw[bad].iloc[0])
                 what = "a date (YYYY-MM-DD)" if kind == "date" else "a number"
-                raise ConfigError(f"attribute {column}: {value!r} is not {what}")
+                raise ConfigError(f"attribute {column}: {value} is not {what}")
+            self._check_range(column, kind, raw, parsed, ranges.get(column))
             out[column] = parsed
+        if AS_OF in out.columns:
+            self._check_as_of(out[AS_OF])
         return out
+
+    def attribute_ranges(self) -> dict[str, AllowedRange]:
+        """The allowed range of each numeric and date attribute: the known domains of the
+        attributes the rules read (age, birth date, income, risk tolerance: also the
+        catalog's risk levels), and for the others a span around the values the training
+        data showed (the quantiles and levels kept in the model's encoding)."""
+        seen: dict[str, list[float]] = {}
+        for code in getattr(self.model.builder_, "columns_", []):
+            values = [*code.edges, *(_level_value(v, code, self.as_of) for v in code.levels)]
+            seen.setdefault(code.column, []).extend(v for v in values if math.isfinite(v))
+        risk_levels: list[float] = []
+        if C.RISK_LEVEL in self.products.columns:
+            risk = pd.to_numeric(self.products[C.RISK_LEVEL], errors="coerce")
+            risk_levels = [float(v) for v in risk if np.isfinite(v)]
+        kinds = self.attribute_kinds().items()
+        return {
+            column: allowed_range(column, kind, seen=seen.get(column, []), catalog_risk=risk_levels)
+            for column, kind in kinds
+            if kind != "categorical"
+        }
+
+    def _check_range(self, column: str, kind: str, raw: pd.Series, parsed: pd.Series,
+                     allowed: AllowedRange | None) -> None:  # fmt: skip
+        if kind == "date":
+            if allowed is None:
+                return
+            first, last = self._years_before(allowed.high), self._years_before(allowed.low)
+            outside = parsed.notna() & ((parsed < first) | (parsed > last))
+            bounds = f"{first.date()} to {last.date()}"
+        else:
+            low, high = (allowed.low, allowed.high) if allowed else (-math.inf, math.inf)
+            finite = np.isfinite(parsed.to_numpy(dtype=float))
+            outside = parsed.notna() & (~finite | (parsed < low) | (parsed > high))
+            bounds = f"{_number_text(low)} to {_number_text(high)}" if allowed else "finite"
+        if outside.any():
+            value = _shown(raw[outside].iloc[0])
+            why = f" ({allowed.why})" if allowed else ""
+            raise ConfigError(f"attribute {column}: {value} is out of range; allowed "
+                              f"{bounds}{why}")  # fmt: skip
+
+    def _check_as_of(self, raw: pd.Series) -> None:
+        parsed = _dates(raw)
+        first, last = self._years_before(AS_OF_SLACK_YEARS), self._years_before(-AS_OF_SLACK_YEARS)
+        outside = parsed.notna() & ((parsed < first) | (parsed > last))
+        if outside.any():
+            raise ConfigError(
+                f"{AS_OF} {_shown(raw[outside].iloc[0])} is out of range; allowed "
+                f"{first.date()} to {last.date()} (within {AS_OF_SLACK_YEARS:g} years of the "
+                f"model's snapshot date {self.as_of.date()})"
+            )
+
+    def _years_before(self, years: float) -> pd.Timestamp:
+        return pd.Timestamp(self.as_of) - pd.Timedelta(days=round(years * DAYS_PER_YEAR))
 
     def attribute_kinds(self) -> dict[str, str]:
         """numeric | date | categorical, per attribute column the model encodes."""
@@ -180,6 +265,92 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _not_bool(value: Any) -> Any:
-    """True/False are not numbers (an income of True is a mistake, not 1)."""
-    return None if isinstance(value, bool | np.bool_) else value
+def _dates(raw: pd.Series) -> pd.Series:
+    """ISO 8601 dates, with or without a time zone (then converted to UTC, without one:
+    comparable with the model's dates); NaT where unparsable."""
+    parsed = pd.to_datetime(raw, errors="coerce", format="ISO8601", utc=True)
+    return parsed.dt.tz_convert(None)
+
+
+def _number_like(value: Any) -> Any:
+    """True/False are not numbers (an income of True is a mistake, not 1); an integer
+    too large for a float is infinite (out of any range), not an overflow error."""
+    if isinstance(value, bool | np.bool_):
+        return None
+    if isinstance(value, int):
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf if value > 0 else -math.inf
+    return value
+
+
+def _shown(value: Any) -> str:
+    """A caller's value for a message: its repr, cut short (a 400-digit number)."""
+    text = repr(_plain(value))
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def _number_text(value: float) -> str:
+    if math.isfinite(value) and abs(value) < 1e15 and (abs(value) >= 1000 or value == int(value)):
+        return f"{value:,.0f}"
+    return f"{value:.6g}"
+
+
+def _rounded(value: float, *, up: bool) -> float:
+    """`value` to three significant digits, away from the range's inside (a bound that
+    reads well in a message and is the one checked)."""
+    if value == 0 or not math.isfinite(value):
+        return value
+    scale = 10.0 ** (math.floor(math.log10(abs(value))) - 2)
+    return (math.ceil(value / scale) if up else math.floor(value / scale)) * scale
+
+
+def _level_value(level: str, code: Any, as_of: pd.Timestamp) -> float:
+    """A level of a numeric or date column in range units (NaN for text levels)."""
+    if code.kind == "date" or (code.kind == "categorical" and _is_date(level)):
+        try:
+            days = (pd.Timestamp(as_of) - pd.Timestamp(level)).days
+        except (ValueError, TypeError):
+            return math.nan
+        return days / DAYS_PER_YEAR
+    try:
+        return float(level)
+    except ValueError:
+        return math.nan
+
+
+def _is_date(text: str) -> bool:
+    return len(text) == 10 and text[4] == "-" and text[7] == "-"
+
+
+def allowed_range(
+    column: str, kind: str, *, seen: list[float], catalog_risk: list[float]
+) -> AllowedRange:
+    """The range of one attribute (see AllowedRange): a known domain, else the training
+    data's span widened."""
+    lo, hi = (min(seen), max(seen)) if seen else (0.0, 0.0)
+    if kind == "date":
+        if column in BIRTH_COLUMNS:
+            return AllowedRange(-NEWBORN_YEARS, MAX_AGE_YEARS,
+                                f"an age of 0 to {MAX_AGE_YEARS:g} years at the model's "
+                                "snapshot date")  # fmt: skip
+        return AllowedRange(min(lo, 0.0) - DATE_SLACK_YEARS,
+                            max(hi, MAX_AGE_YEARS) + DATE_SLACK_YEARS,
+                            "the training data's dates, widened")  # fmt: skip
+    if column in AGE_COLUMNS:
+        return AllowedRange(0.0, MAX_AGE_YEARS, "an age in years")
+    if column in RISK_COLUMNS and (seen or catalog_risk):
+        scale = seen + catalog_risk
+        return AllowedRange(min(scale), max(scale),
+                            "the risk scale of the training data and the catalog")  # fmt: skip
+    if not seen:
+        return AllowedRange(-math.inf, math.inf, "any finite number")
+    # The quantiles do not show the training data's extremes (a balance may be negative
+    # below its 5% quantile), so only a known domain (income) fixes the sign.
+    width = max(hi - lo, abs(lo), abs(hi), 1.0)
+    low = 0.0 if column in INCOME_COLUMNS else _rounded(lo - SPREAD_SLACK * width, up=False)
+    high = _rounded(hi + SPREAD_SLACK * width, up=True)
+    sign = "an income is not negative; " if low == 0 else ""
+    return AllowedRange(low, high, f"{sign}from the training data: within {SPREAD_SLACK:g} "
+                                   "times the spread of its values")  # fmt: skip

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from recommender.errors import ConfigError, RecommenderError
+from recommender.errors import ConfigError, RecommenderError, redact
 
 app = typer.Typer(
     help="Next-best-offer recommender for a bank's relationship officers.",
@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> None:
         _register_edges()
         app(args=argv)
     except RecommenderError as exc:
-        console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"error: {redact(str(exc))}", markup=False, highlight=False,
+                      soft_wrap=True)  # fmt: skip
         sys.exit(EXIT_USER_ERROR)
     except ValidationError as exc:  # settings
         first = exc.errors()[0]
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("RECOMMENDER_DEBUG"):
             raise
         console.print(
-            f"internal error: {type(exc).__name__}: {exc} "
+            f"internal error: {type(exc).__name__}: {redact(str(exc))} "
             "(rerun with RECOMMENDER_DEBUG=1 for a traceback and report it)",
             markup=False,
             highlight=False,

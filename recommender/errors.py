@@ -1,4 +1,14 @@
-"""Small named exceptions. Each message says what is wrong and what to do."""
+"""Small named exceptions. Each message says what is wrong and what to do.
+
+Error text often ends up where more people can read it than the operator who wrote the
+configuration (logs, `/readyz`, the CLI's output pasted into a ticket), and libraries put
+URLs with their credentials into their messages: `redact` hides them, and `first_line`,
+which every one-line error of the project goes through, applies it.
+"""
+
+from __future__ import annotations
+
+import re
 
 
 class RecommenderError(Exception):
@@ -21,7 +31,38 @@ class ModelFitError(RecommenderError):
     """Fitting produced an unusable model (e.g. NaN scores)."""
 
 
+HIDDEN = "***"
+# scheme://user:password@host: the authority runs to the next / ? # or blank; its last @
+# ends the user information (a password may itself hold an unencoded @ or :).
+_URL_CREDENTIALS = re.compile(
+    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^/?#\s:@]*):(?P<secret>[^/?#\s]*)@"
+)
+# password=... in a query string or a libpq/ODBC style connection string
+_KEY_VALUE_SECRETS = re.compile(
+    r"(?i)\b(?P<name>password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)"
+    r"(?P<eq>\s*=\s*)(?P<secret>[^&;,\s'\")]+)"
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def redact(text: str) -> str:
+    """`text` with the passwords of URLs (`scheme://user:***@host`) and `password=` style
+    values hidden; the user and host stay, as they are what an operator needs to fix a
+    connection."""
+    text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{HIDDEN}@", text)
+    return _KEY_VALUE_SECRETS.sub(lambda m: f"{m['name']}{m['eq']}{HIDDEN}", text)
+
+
+def one_line(text: str) -> str:
+    """The first non-blank line of `text`, credentials hidden, other control characters
+    (which a terminal or log viewer would interpret) removed."""
+    for line in str(text).splitlines():
+        if line.strip():
+            return _CONTROL.sub("", redact(line.strip()))
+    return ""
+
+
 def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (or its type), for one-line errors."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    """The first line of an exception's message (or its type), for one-line errors; any
+    credentials in it are hidden."""
+    return one_line(str(exc)) or type(exc).__name__

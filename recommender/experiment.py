@@ -28,16 +28,70 @@ from recommender.errors import ConfigError
 HOLDOUT = "holdout"
 POLICIES = ("model", "popularity")
 OBJECTIVES = ("propensity", "expected_value")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # whole string: fullmatch
+# Weights are relative: 1 and 3 split 25/75. Bounded so that sums stay exact and finite
+# (two weights of 1e308 overflowed to inf and sent every client to the last variant).
+MAX_WEIGHT = 1000.0
+# Each variant may keep a model loaded in every worker, and each splits the traffic thinner.
+MAX_VARIANTS = 10
 _SCALE = float(2**64)
+# A variant's model reference becomes a registry lookup and the folder of the model's local
+# copy, so only these forms are accepted (matched whole: no path, no newline gets through).
+MODEL_ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+MODEL_VERSION = re.compile(r"[0-9]{1,10}")
+REGISTERED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+MODEL_FORMS = (
+    "use an alias of the served model (1-64 letters, digits, '_' or '-', starting with a "
+    "letter, e.g. challenger), a version number (e.g. 7), or "
+    "models:/<registered name>@<alias> or models:/<registered name>/<version>"
+)
+
+
+@dataclass(frozen=True)
+class ModelReference:
+    """A parsed model reference: `name` is None for a bare alias or version (the served
+    model's own); exactly one of `alias` and `version` is set."""
+
+    name: str | None
+    alias: str | None = None
+    version: str | None = None
+
+
+def parse_model_reference(reference: str) -> ModelReference:
+    """`challenger`, `7`, `models:/name@alias` or `models:/name/version`, checked whole
+    (ConfigError naming the allowed forms otherwise)."""
+    name: str | None = None
+    rest = reference
+    if reference.startswith("models:/"):
+        name, separator, rest = _split_uri(reference.removeprefix("models:/"))
+        if not (separator and REGISTERED_NAME.fullmatch(name)):
+            raise ConfigError(f"model {reference!r}: {MODEL_FORMS}")
+        if separator == "@" and MODEL_ALIAS.fullmatch(rest):
+            return ModelReference(name, alias=rest)
+        if separator == "/" and MODEL_VERSION.fullmatch(rest):
+            return ModelReference(name, version=str(int(rest)))
+        raise ConfigError(f"model {reference!r}: {MODEL_FORMS}")
+    if MODEL_VERSION.fullmatch(rest):
+        return ModelReference(None, version=str(int(rest)))
+    if MODEL_ALIAS.fullmatch(rest):
+        return ModelReference(None, alias=rest)
+    raise ConfigError(f"model {reference!r}: {MODEL_FORMS}")
+
+
+def _split_uri(rest: str) -> tuple[str, str, str]:
+    """(name, "@" or "/" or "", alias or version) at the first "@" or "/"."""
+    cut = min((i for i in (rest.find("@"), rest.find("/")) if i >= 0), default=-1)
+    if cut < 0:
+        return rest, "", ""
+    return rest[:cut], rest[cut], rest[cut + 1 :]
 
 
 @dataclass(frozen=True)
 class Variant:
     """One arm. `model`: a registry alias (`champion`), a version (`7`) or a full
-    `models:/name@alias` URI; None serves the service's own model. `objective`: None
-    keeps the request's. `policy`: `model` ranks by the model, `popularity` by how many
-    clients hold each product (a baseline offer policy)."""
+    `models:/name@alias` URI (`parse_model_reference`); None serves the service's own
+    model. `objective`: None keeps the request's. `policy`: `model` ranks by the model,
+    `popularity` by how many clients hold each product (a baseline offer policy)."""
 
     name: str
     weight: float = 1.0
@@ -47,15 +101,18 @@ class Variant:
 
     def __post_init__(self) -> None:
         where = f"variant {self.name!r}"
-        if not _NAME.match(self.name or ""):
+        if not _NAME.fullmatch(self.name or ""):
             raise ConfigError(
                 f"{where}: a name is 1-64 letters, digits, '_', '-' or '.', starting with "
                 "a letter or digit"
             )
         if self.name == HOLDOUT:
             raise ConfigError(f"{where}: '{HOLDOUT}' is reserved for the holdout share")
-        if not (np.isfinite(self.weight) and self.weight > 0):
-            raise ConfigError(f"{where}: weight must be a positive number, got {self.weight}")
+        if not (np.isfinite(self.weight) and 0 < self.weight <= MAX_WEIGHT):
+            raise ConfigError(
+                f"{where}: weight must be a positive number, got {self.weight}; a relative "
+                f"traffic weight in (0, {MAX_WEIGHT:g}], e.g. 1 and 3 for a 25/75 split"
+            )
         if self.objective is not None and self.objective not in OBJECTIVES:
             raise ConfigError(
                 f"{where}: objective {self.objective!r}: use {' or '.join(OBJECTIVES)}"
@@ -64,6 +121,13 @@ class Variant:
             raise ConfigError(f"{where}: policy {self.policy!r}: use {' or '.join(POLICIES)}")
         if self.policy == "popularity" and self.model is not None:
             raise ConfigError(f"{where}: the popularity policy uses no model; drop 'model'")
+        if self.model is not None:
+            if not isinstance(self.model, str):
+                raise ConfigError(f"{where}: model {self.model!r} is not text; {MODEL_FORMS}")
+            try:
+                parse_model_reference(self.model)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -81,7 +145,7 @@ class Experiment:
 
     def __post_init__(self) -> None:
         where = f"experiment {self.name!r}"
-        if not _NAME.match(self.name or ""):
+        if not _NAME.fullmatch(self.name or ""):
             raise ConfigError(
                 f"{where}: a name is 1-64 letters, digits, '_', '-' or '.', starting with "
                 "a letter or digit"
@@ -90,6 +154,11 @@ class Experiment:
             raise ConfigError(f"{where}: salt must not be empty (any string unique to it)")
         if not self.variants:
             raise ConfigError(f"{where}: needs at least one variant")
+        if len(self.variants) > MAX_VARIANTS:
+            raise ConfigError(
+                f"{where}: at most {MAX_VARIANTS} variants, got {len(self.variants)}; "
+                "run fewer arms at once"
+            )
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ConfigError(f"{where}: variant names must be unique, got {names}")

@@ -11,6 +11,7 @@ from typing import TypeAlias
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -35,12 +36,33 @@ def _plain(table: pa.Table) -> pa.Table:
     return table
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (`=HYPERLINK(...)`,
+# `+1+cmd|' /C calc'!A0`, `@SUM(1,1)`); tab and carriage return can hide such a start.
+_FORMULA_PATTERN = "^([=+\\-@\t\r])"  # = + - @ tab carriage-return, first in a cell
+
+
+def neutralise_formulas(table: pa.Table) -> pa.Table:
+    """Text cells that a spreadsheet would run as a formula get a leading `'` (OWASP's
+    advice for CSV injection): ids and names come from bank data and from API callers,
+    and officers open these files in spreadsheets. Numeric columns are left alone, so a
+    negative number stays a number; text such as `-2+3` does become `'-2+3`. Read back,
+    such a value keeps its quote: a bank whose ids start with these characters should
+    keep its data in Parquet (the default), which is written as it is."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            column = pc.replace_substring_regex(
+                table.column(i), pattern=_FORMULA_PATTERN, replacement="'\\1"
+            )
+            table = table.set_column(i, field, column)
+    return table
+
+
 def _write(table: Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(table, pd.DataFrame):
         table = pa.Table.from_pandas(table, preserve_index=False)
     if path.suffix == ".csv":
-        pacsv.write_csv(_plain(table), path)
+        pacsv.write_csv(neutralise_formulas(_plain(table)), path)
     else:
         pq.write_table(table, path)
 

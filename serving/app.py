@@ -24,12 +24,20 @@ from recommender.contact import ContactPolicy
 from recommender.errors import RecommenderError, first_line
 from recommender.rules import RuleSettings
 from serving.customers import CustomerDirectory
+from serving.docs import ASSET_PREFIX, DOCS_PATH, install_docs
 from serving.events import AuditWriter, EventStore
 from serving.experiments import ExperimentBook, popularity
-from serving.keys import KeyRing
+from serving.keys import KeyRing, read_keys
+from serving.logs import prepare_process
 from serving.metrics import ServiceMetrics
 from serving.model_holder import ModelHolder
-from serving.security import SECURITY_HEADERS
+from serving.security import (
+    API_KEY_HEADER,
+    DOCS_CSP,
+    SECURITY_HEADERS,
+    UNAUTHENTICATED,
+    presented_key,
+)
 from serving.settings import ServiceSettings
 
 log = logging.getLogger("serving")
@@ -118,10 +126,12 @@ def create_app(
         app.state.services.audit.close(app.state.services.settings.shutdown_flush_seconds)
         app.state.services.events.close()
 
+    # /docs from pinned local copies (serving/docs.py), not FastAPI's CDN page; no ReDoc.
     app = FastAPI(title="Next-best-offer API", version="1.0", description=DESCRIPTION,
-                  lifespan=lifespan)  # fmt: skip
+                  lifespan=lifespan, docs_url=None, redoc_url=None)  # fmt: skip
     _install_middleware(app, settings or (services.settings if services else None))
     _install_error_handlers(app)
+    install_docs(app)
     from serving.routes import router
 
     app.include_router(router)
@@ -140,10 +150,18 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, detail=detail)
 
 
+# Routes anyone may call; every other request needs a valid key before its body is read.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", DOCS_PATH})
+SWALLOW_BYTES = 64 * 1024  # an unauthenticated body up to this is skipped, not cut off
+
+
 class Observe:
     """Pure ASGI middleware: request id, security headers, Prometheus latency and counts,
-    and the request body limit (413 from the Content-Length header before anything is
-    read, or as soon as a chunked body passes the limit: no body is held whole)."""
+    the API key (401 from the X-API-Key header alone, before the body is read or parsed,
+    on every route but PUBLIC_PATHS and the docs assets; the role is checked by the route,
+    serving/security.py `require`), and the request body limit (413 from the
+    Content-Length header before anything is read, or as soon as a chunked body passes
+    the limit: no body is held whole)."""
 
     def __init__(self, app: ASGIApp, owner: FastAPI, max_body: int = 2 * 1024 * 1024) -> None:
         self.app = app
@@ -155,7 +173,10 @@ class Observe:
             await self.app(scope, receive, send)
             return
         request_id = uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        path = _route_path(scope)
+        csp = DOCS_CSP if path == DOCS_PATH else SECURITY_HEADERS["Content-Security-Policy"]
         start = time.perf_counter()
         status_code = 500
         limit = self.max_body
@@ -178,6 +199,7 @@ class Observe:
                 headers = MutableHeaders(scope=message)
                 for name, value in SECURITY_HEADERS.items():
                     headers[name] = value
+                headers["Content-Security-Policy"] = csp
                 headers["X-Request-ID"] = request_id
             await send(message)
 
@@ -189,6 +211,14 @@ class Observe:
             await send_with_headers(message)
 
         try:
+            if not (path in PUBLIC_PATHS or path.startswith(ASSET_PREFIX)):
+                services = getattr(self.owner.state, "services", None)
+                key = None if services is None else presented_key(services.keys,
+                                                                  scope["headers"])  # fmt: skip
+                if services is not None and key is None:
+                    await _unauthenticated(scope, receive, send_with_headers, declared)
+                    return
+                state["api_key"] = key
             if declared is not None and declared > limit:
                 raise BodyTooLarge(limit)
             await self.app(scope, limited, tracked)
@@ -217,6 +247,27 @@ class Observe:
         method = scope.get("method", "")
         services.metrics.requests.labels(method, path, str(status_code)).inc()
         services.metrics.latency.labels(method, path).observe(seconds)
+
+
+async def _unauthenticated(
+    scope: Scope, receive: Receive, send: Send, declared: int | None
+) -> None:
+    """401 without reading the body. A small body is left to be skipped on the kept-alive
+    connection (the client reads its 401 cleanly); after a larger or chunked one the
+    connection is closed, so no unauthenticated upload is swallowed."""
+    headers = {"WWW-Authenticate": API_KEY_HEADER}
+    chunked = any(name == b"transfer-encoding" for name, _ in scope["headers"])
+    if chunked or (declared or 0) > SWALLOW_BYTES:
+        headers["Connection"] = "close"
+    response = JSONResponse(status_code=401, content={"detail": UNAUTHENTICATED}, headers=headers)
+    await response(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the router sees (without a proxy's root_path prefix)."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -268,4 +319,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def app_from_env() -> FastAPI:
     """Factory for `uvicorn --factory` and `recommender serve` (settings from env)."""
-    return create_app(ServiceSettings())
+    settings = ServiceSettings()
+    prepare_process(settings.log_format)  # private files (umask 077), one-line logs
+    read_keys(settings.api_keys_file)  # a bad keys file: one line from the CLI, no traceback
+    return create_app(settings)

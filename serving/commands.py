@@ -19,12 +19,26 @@ def keys_add(
     key_id: Annotated[str, typer.Option("--id", help="Name of the key, e.g. the app using it.")],
     role: Annotated[str, typer.Option(help="officer, analyst or admin.")],
     file: Annotated[Path, typer.Option(help="Keys file.")] = Path("api_keys.json"),
+    channel: Annotated[
+        list[str] | None,
+        typer.Option(help="A channel the key may ask for (repeat it); default: every channel."),
+    ] = None,
+    no_cold_start: Annotated[
+        bool,
+        typer.Option(
+            "--no-cold-start", help="The key may not send cold-start requests (`customer`)."
+        ),
+    ] = False,
 ) -> None:
-    """Create an API key; it is printed once and only its hash is stored."""
+    """Create an API key; it is printed once and only its hash is stored (the file is
+    written atomically, readable by its owner only)."""
     from serving.keys import add_key
 
-    key = add_key(file, key_id, role)
-    typer.echo(f"added {role} key {key_id!r} to {file}; keep it now, it is not stored:", err=True)
+    key = add_key(file, key_id, role, channels=channel or None, cold_start=not no_cold_start)
+    limits = (f", channels {', '.join(sorted(set(channel)))}" if channel else "") + (
+        ", no cold starts" if no_cold_start else "")  # fmt: skip
+    typer.echo(f"added {role} key {key_id!r}{limits} to {file}; keep it now, it is not stored:",
+               err=True)  # fmt: skip
     typer.echo(key)
 
 
@@ -37,21 +51,61 @@ def serve(
         int,
         typer.Option(
             min=1,
-            help="Connections and requests in flight per worker; beyond, 503. "
-            "With the body limit this bounds the memory slow or huge clients can hold.",
+            help="Requests in flight per worker; beyond, 503. /healthz and /readyz are "
+            "exempt, and idle connections take no slot.",
         ),
     ] = 256,
+    limit_connections: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Open connections per worker; beyond, new ones are closed at once. Cap "
+            "connections per client in the reverse proxy.",
+        ),
+    ] = 1024,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="Seconds a client has to send a request's headers (from connecting, or "
+            "from the request's first byte on a kept-alive connection); beyond, 408 and "
+            "the connection is closed.",
+        ),
+    ] = 10.0,
+    body_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="Seconds a client has to send a request's body once its headers are in; "
+            "beyond, 408 and closed.",
+        ),
+    ] = 30.0,
+    max_header_bytes: Annotated[
+        int,
+        typer.Option(min=1024, help="Request line and headers, in bytes; beyond, 431 and closed."),
+    ] = 32 * 1024,
+    max_headers: Annotated[
+        int, typer.Option(min=1, help="Header fields per request; beyond, 431 and closed.")
+    ] = 100,
+    keep_alive: Annotated[
+        int, typer.Option(min=1, help="Seconds an idle kept-alive connection stays open.")
+    ] = 5,
 ) -> None:
     """Start the next-best-offer API (settings from RECOMMENDER_* variables or .env)."""
-    import uvicorn
-
     from serving.settings import ServiceSettings
+    from serving.transport import EdgeLimits, run
 
     ServiceSettings()  # validate before forking workers: a bad setting is one clear line
-    uvicorn.run("serving.app:app_from_env", factory=True, host=host, port=port,
-                workers=workers, log_level="info", access_log=False,
-                limit_concurrency=limit_concurrency, timeout_keep_alive=5,
-                timeout_graceful_shutdown=30)  # fmt: skip
+    limits = EdgeLimits(
+        max_header_bytes=max_header_bytes,
+        max_headers=max_headers,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        max_requests=limit_concurrency,
+        max_connections=limit_connections,
+    )
+    run("serving.app:app_from_env", host=host, port=port, workers=workers, limits=limits,
+        timeout_keep_alive=keep_alive)  # fmt: skip
 
 
 ab_app = typer.Typer(help="A/B experiments: readouts and rehearsals.", no_args_is_help=True)

@@ -8,6 +8,11 @@ variant. Feedback (shown / accepted / declined / converted) is one row per reque
 product and outcome, so a repeat is a no-op. Experiments are stored here too, so every
 worker reads the same definitions.
 
+A cold start's asserted inputs (attributes, holdings, dropped) are kept in its decision
+row, so compliance sees what the officer claimed about the client. Each offer row names
+the key that made it and whether it counts toward the client's contact cap (a repeat of
+the same product by the same key within the repeat window does not).
+
 New columns are added to existing tables at start-up (additive migration only).
 """
 
@@ -79,6 +84,7 @@ decisions = Table(
     Column("channel", String(64), nullable=True),
     Column("experiment", String(64), nullable=True, index=True),
     Column("variant", String(64), nullable=True),
+    Column("customer_input", JSON, nullable=True),  # a cold start's asserted inputs
 )
 
 offers = Table(
@@ -94,6 +100,8 @@ offers = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("experiment", String(64), nullable=True, index=True),
     Column("variant", String(64), nullable=True),
+    Column("key_id", String(128), nullable=True),  # NULL: written before keys were kept here
+    Column("counted", Boolean, nullable=True),  # toward the contact cap; NULL (older): yes
 )
 
 OUTCOMES = ("shown", "accepted", "declined", "converted")
@@ -128,15 +136,27 @@ experiments = Table(
 _OFFERS_SINCE = (
     select(func.count())
     .select_from(offers)
-    .where(offers.c.customer_id == bindparam("c"), offers.c.created_at >= bindparam("t"))
-)
+    .where(offers.c.customer_id == bindparam("c"), offers.c.created_at >= bindparam("t"),
+           offers.c.counted.isnot(False))
+)  # fmt: skip
+_REPEATS_SINCE = select(offers.c.product_id).distinct().where(
+    offers.c.customer_id == bindparam("c"), offers.c.key_id == bindparam("k"),
+    offers.c.created_at >= bindparam("t"), offers.c.counted.isnot(False),
+)  # fmt: skip
 _DECLINED_SINCE = select(feedback.c.product_id).where(
     feedback.c.customer_id == bindparam("c"), feedback.c.outcome == "declined",
     feedback.c.created_at >= bindparam("t"),
 )  # fmt: skip
 
 
-_SQLITE_OFFERS_SINCE = "SELECT COUNT(*) FROM offers WHERE customer_id = ? AND created_at >= ?"
+_SQLITE_OFFERS_SINCE = (
+    "SELECT COUNT(*) FROM offers WHERE customer_id = ? AND created_at >= ? "
+    "AND (counted IS NULL OR counted)"
+)
+_SQLITE_REPEATS_SINCE = (
+    "SELECT DISTINCT product_id FROM offers WHERE customer_id = ? AND key_id = ? "
+    "AND created_at >= ? AND (counted IS NULL OR counted)"
+)
 _SQLITE_DECLINED_SINCE = (
     "SELECT product_id FROM feedback WHERE customer_id = ? AND outcome = 'declined' "
     "AND created_at >= ?"
@@ -178,6 +198,8 @@ class DecisionRecord:
     channel: str | None = None
     experiment: str | None = None
     variant: str | None = None
+    customer_input: dict[str, Any] | None = None  # cold start: what the caller asserted
+    repeats: list[str] = field(default_factory=list)  # offered, not counted toward the cap
 
 
 Record = DecisionRecord | FeedbackRecord
@@ -258,10 +280,10 @@ class EventStore:
     def offered(self, request_id: str) -> dict[str, Any] | None:
         """The decision `request_id` and the products it offered (None: unknown)."""
         with self.engine.connect() as connection:
+            chosen = (decisions.c.customer_id, decisions.c.key_id, decisions.c.experiment,
+                      decisions.c.variant)  # fmt: skip
             row = connection.execute(
-                select(decisions.c.customer_id, decisions.c.experiment, decisions.c.variant).where(
-                    decisions.c.request_id == request_id
-                )
+                select(*chosen).where(decisions.c.request_id == request_id)
             ).first()
             if row is None:
                 return None
@@ -280,8 +302,9 @@ class EventStore:
 
     def contact_history(self, customer_id: str, offers_since: datetime,
                         declines_since: datetime) -> tuple[int, set[str]]:  # fmt: skip
-        """(offers made to the client since `offers_since`, products the client declined
-        since `declines_since`): what the contact policy needs."""
+        """(offers made to the client since `offers_since` that count toward the contact
+        cap, products the client declined since `declines_since`): what the contact
+        policy needs."""
         if self.engine.dialect.name == "sqlite":
             return self._contact_history_sqlite(customer_id, offers_since, declines_since)
         with self.engine.connect() as connection:
@@ -289,12 +312,34 @@ class EventStore:
             declined = connection.execute(_DECLINED_SINCE, {"c": customer_id, "t": declines_since})
             return int(n.scalar_one()), set(declined.scalars())
 
+    def counted_by(self, customer_id: str, key_id: str, since: datetime) -> set[str]:
+        """Products `key_id` offered the client since `since` in offers that counted toward
+        the contact cap: offering them again from the same key is a repeat, not a new
+        contact (so one key looking at a client again and again cannot use up the cap)."""
+        params = {"c": customer_id, "k": key_id, "t": since}
+        if self.engine.dialect.name == "sqlite":
+            rows = self._sqlite_read(
+                [(_SQLITE_REPEATS_SINCE, (customer_id, key_id, _sqlite_time(since)))], params
+            )
+            return {str(row[0]) for row in rows[0]}
+        with self.engine.connect() as connection:
+            return set(connection.execute(_REPEATS_SINCE, params).scalars())
+
     def _contact_history_sqlite(self, customer_id: str, offers_since: datetime,
                                 declines_since: datetime) -> tuple[int, set[str]]:  # fmt: skip
-        """The same two reads on a per-thread sqlite3 connection of their own (outside
-        SQLAlchemy's pool, which they would otherwise drain, one per thread): SQLAlchemy's
-        execution machinery is most of the cost of a request's history read (270 -> 16
-        microseconds). Times are compared as SQLAlchemy stores them in SQLite (UTC)."""
+        made, declined = self._sqlite_read([
+            (_SQLITE_OFFERS_SINCE, (customer_id, _sqlite_time(offers_since))),
+            (_SQLITE_DECLINED_SINCE, (customer_id, _sqlite_time(declines_since))),
+        ], {"customer_id": customer_id})  # fmt: skip
+        return (int(made[0][0]) if made else 0), {str(row[0]) for row in declined}
+
+    def _sqlite_read(self, queries: list[tuple[str, tuple[Any, ...]]],
+                     params: dict[str, Any]) -> list[list[Any]]:  # fmt: skip
+        """The rows of each query, read on a per-thread sqlite3 connection of their own
+        (outside SQLAlchemy's pool, which they would otherwise drain, one per thread):
+        SQLAlchemy's execution machinery is most of the cost of a request's history read
+        (270 -> 16 microseconds). Times are compared as SQLAlchemy stores them in SQLite
+        (UTC)."""
         local = self._local
         connection = getattr(local, "connection", None)
         try:
@@ -303,19 +348,18 @@ class EventStore:
                 connection = sqlite3.connect(database, timeout=5, check_same_thread=True)
                 local.connection, local.database = connection, database
             cursor = connection.cursor()
-            cursor.execute(_SQLITE_OFFERS_SINCE, (customer_id, _sqlite_time(offers_since)))
-            found = cursor.fetchone()
-            n = int(found[0]) if found else 0
-            cursor.execute(_SQLITE_DECLINED_SINCE, (customer_id, _sqlite_time(declines_since)))
-            declined = {str(row[0]) for row in cursor.fetchall()}
+            out = []
+            for sql, args in queries:
+                cursor.execute(sql, args)
+                out.append(cursor.fetchall())
             connection.rollback()
-            return n, declined
+            return out
         except Exception as exc:
             if connection is not None:
                 with contextlib.suppress(Exception):
                     connection.close()
             local.connection = None
-            raise OperationalError("contact history", {"customer_id": customer_id}, exc) from exc
+            raise OperationalError("contact history", params, exc) from exc
 
     # ---- experiments -----------------------------------------------------------------
     def create_experiment(self, experiment: Experiment) -> None:
@@ -467,6 +511,8 @@ def _decision_row(record: DecisionRecord) -> dict[str, Any]:
         "offers": json.loads(json.dumps(record.offers)),
         "excluded": json.loads(json.dumps(record.excluded)),
         "channel": record.channel, "experiment": record.experiment, "variant": record.variant,
+        "customer_input": (None if record.customer_input is None
+                           else json.loads(json.dumps(record.customer_input))),
     }  # fmt: skip
 
 
@@ -476,6 +522,7 @@ def _offer_row(record: DecisionRecord, offer: dict[str, Any]) -> dict[str, Any]:
         "product_id": offer["product_id"], "rank": offer["rank"], "score": offer["score"],
         "probability": offer["probability"], "created_at": record.created_at,
         "experiment": record.experiment, "variant": record.variant,
+        "key_id": record.key_id, "counted": offer["product_id"] not in record.repeats,
     }  # fmt: skip
 
 

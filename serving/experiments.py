@@ -4,11 +4,13 @@ is in, and which model serves that arm.
 Definitions live in the event store, so all workers read the same ones; each worker
 re-reads them every `experiment_refresh_seconds` in a background thread (and at once
 after a change it made itself). Assignment needs no lookup: it is a hash of (salt,
-customer_id), see `recommender.experiment`. A variant may name another model (an alias
-or a version of the registered model, or a full `models:/` URI); each distinct model is
-loaded once, by its own `ModelHolder` (same polling, local copy and atomic swap as the
-main one). An experiment is served by a worker only once all its models are loaded
-there, so no request mixes a variant with a stand-in model.
+customer_id), see `recommender.experiment`. A variant may name another version of the
+served model (an alias, a version, or a full `models:/` URI with the served model's
+registered name: nothing else, since a reference becomes a registry lookup and a local
+folder); each distinct model is loaded once, by its own `ModelHolder` (same polling,
+verified local copy and atomic swap as the main one). An experiment is served by a worker
+only once all its models are loaded there, so no request mixes a variant with a stand-in
+model.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from recommender.errors import ConfigError
-from recommender.experiment import HOLDOUT, Experiment, Variant
+from recommender.experiment import (
+    HOLDOUT,
+    MODEL_FORMS,
+    Experiment,
+    Variant,
+    parse_model_reference,
+)
 from serving.events import EventStore
 from serving.model_holder import ModelHolder, ServedModel
 
@@ -134,10 +142,16 @@ class ExperimentBook:
     def _in_use(self, uri: str) -> bool:
         now = datetime.now(UTC)
         return any(
-            self.resolve(v.model) == uri
+            self._resolved(v.model) == uri
             for e in self.experiments if e.active(now) or e.start > now
             for v in e.variants if v.policy == "model" and v.model
         )  # fmt: skip
+
+    def _resolved(self, reference: str) -> str | None:
+        try:
+            return self.resolve(reference)
+        except ConfigError:
+            return None
 
     def stop_experiment(self, name: str) -> Experiment | None:
         stopped = self.store.stop_experiment(name, datetime.now(UTC))
@@ -185,19 +199,19 @@ class ExperimentBook:
 
     # ---- models ----------------------------------------------------------------------
     def resolve(self, reference: str) -> str:
-        """A variant's model reference as a URI: alias or version of the main model's
-        registered name, or a full models:/ URI."""
-        if reference.startswith("models:/"):
-            return reference
+        """A variant's model reference as the URI of a version of the served model: an
+        alias, a version, or a full models:/ URI with the served model's registered name
+        (ConfigError naming the allowed forms for anything else)."""
+        parsed = parse_model_reference(reference)
         name = self.main.name
-        if not name:
+        if parsed.name is not None and parsed.name != name:
             raise ConfigError(
-                f"model {reference!r}: the service's model_uri names no registered model; "
-                "give the variant a full models:/name@alias URI"
+                f"model {reference!r}: a variant serves a version of the served model, "
+                f"registered name {name!r}; {MODEL_FORMS}"
             )
-        return (
-            f"models:/{name}/{reference}" if reference.isdigit() else f"models:/{name}@{reference}"
-        )
+        if parsed.version is not None:
+            return f"models:/{name}/{parsed.version}"
+        return f"models:/{name}@{parsed.alias}"
 
     def _holder(self, variant: Variant) -> ModelHolder | None:
         """The holder serving the variant's model (loaded on first use; the main holder
@@ -210,7 +224,8 @@ class ExperimentBook:
         with self._lock:
             holder = self.holders.get(uri)
             if holder is None:  # one holder per model, kept (and polling) even if the first
-                # load failed: its polling loads the model once the registry has it
+                # load failed: its polling loads the model once the registry has it. Its
+                # local copy lives in a folder of its own, named after the checked URI.
                 folder = self.main.local_dir / "variants" / re.sub(r"[^A-Za-z0-9_.-]", "_", uri)
                 holder = ModelHolder(uri, self.main.tracking_uri, self.main.directory,
                                      self.main.rules, Path(folder))  # fmt: skip

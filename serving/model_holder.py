@@ -7,6 +7,14 @@ found by polling the registry alias (and on `POST /v1/admin/reload`), loaded and
 prepared in a background thread, then swapped in. A failed load leaves the old model
 serving and is reported in logs, `/readyz` and metrics. The last good model is copied to
 `local_model_dir` and used at start-up when MLflow cannot be reached.
+
+Loading a bundle unpickles it, which runs code, so nothing is unpickled unless its
+SHA-256 is the one the registry recorded at registration: from MLflow (see
+`training.scoring.fetch_bundle`) and from the local copy, which keeps the registry's exact
+bytes and their digest in its meta.json, and is checked against the registry as well when
+the registry answers. A local copy is used only by the holder of the same model URI that
+saved it, never for a model the registry says does not exist, and never outside its
+folder.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +36,7 @@ import scipy.sparse as sp
 
 from recommender.bundle import ModelBundle
 from recommender.errors import ConfigError, first_line
+from recommender.experiment import parse_model_reference
 from recommender.offer import OfferEngine
 from recommender.rules import ClientFacts, RuleBook, RuleSettings, client_facts
 from serving.customers import CustomerDirectory
@@ -48,16 +57,25 @@ class ServedModel:
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
 
-def parse_model_uri(uri: str) -> tuple[str | None, str | None, str | None]:
-    """(name, alias, version) of a `models:/name@alias` or `models:/name/version` URI."""
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """(name, alias, version) of a `models:/name@alias` or `models:/name/version` URI.
+
+    The service serves registered models only: the registry holds the digest every
+    bundle is checked against, and the name becomes the local copy's folder, so it is
+    held to the registry-name pattern (no path, no newline)."""
     if not uri.startswith("models:/"):
-        return None, None, None
-    rest = uri.removeprefix("models:/")
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        return name, alias, None
-    name, _, version = rest.partition("/")
-    return name, None, version or None
+        raise ConfigError(
+            f"model URI {uri!r}: the service serves a registered model, "
+            "models:/<name>@<alias> or models:/<name>/<version> (its bundle is checked "
+            "against the SHA-256 the registry recorded); set RECOMMENDER_MODEL_URI to one"
+        )
+    reference = parse_model_reference(uri)
+    return str(reference.name), reference.alias, reference.version
+
+
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+BUNDLE = "bundle.pkl"
+META = "meta.json"
 
 
 class ModelHolder:
@@ -78,17 +96,34 @@ class ModelHolder:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # background checks: at most one running and one pending, however many are asked
+        self._background = threading.Lock()
+        self._check_running = False
+        self._check_pending = False
 
     # ---- loading -------------------------------------------------------------------
     def start(self) -> None:
-        """Initial load: MLflow, else the local copy. Catalog rule errors stop start-up."""
+        """Initial load: MLflow, else the local copy (unless the registry says the model
+        does not exist). Catalog rule errors stop start-up."""
+        from training.registry import ModelNotRegistered
+
         try:
             self._load_from_mlflow(self._registry_version())
         except ConfigError:
             raise
-        except Exception as exc:  # MLflow unreachable or model missing
-            self._failed(f"cannot load {self.model_uri} from MLflow: {first_line(exc)}")
-            self._load_local_copy()
+        except Exception as exc:  # MLflow unreachable, model missing, bundle refused
+            message = f"cannot load {self.model_uri} from MLflow: {first_line(exc)}"
+            if isinstance(exc, ModelNotRegistered):
+                self._failed(f"{message}; the registry does not have it, so no local copy "
+                             "is used for it either")  # fmt: skip
+                return
+            self._failed(message)
+            try:
+                self._load_local_copy()
+            except ConfigError:
+                raise
+            except Exception as refused:  # a copy that fails its checks is not unpickled
+                self._failed(f"{message}; local copy refused: {first_line(refused)}")
 
     def check(self) -> str:
         """Load the alias's version if it is not the one serving. Returns what happened."""
@@ -112,22 +147,20 @@ class ModelHolder:
                 return message
 
     def _registry_version(self) -> str:
-        if self.pinned_version or not self.name or not self.alias:
-            return self.pinned_version or "unversioned"
-        from mlflow import MlflowClient
-
+        if self.pinned_version or not self.alias:
+            return str(self.pinned_version)
+        from training.registry import model_version
         from training.tracking import configure
 
         configure(self.tracking_uri)
-        return str(MlflowClient().get_model_version_by_alias(self.name, self.alias).version)
+        return str(model_version(self.name, alias=self.alias).version)
 
     def _load_from_mlflow(self, version: str) -> None:
-        from training.scoring import load_bundle
+        from training import scoring
 
-        uri = f"models:/{self.name}/{version}" if self.name else self.model_uri
-        bundle = load_bundle(uri, self.tracking_uri)
-        served = self._prepare(bundle, version, "mlflow")
-        self._save_local_copy(bundle, version)
+        fetched = scoring.fetch_bundle(f"models:/{self.name}/{version}", self.tracking_uri)
+        served = self._prepare(fetched.bundle, version, "mlflow")
+        self._save_local_copy(fetched.data, fetched.sha256, version)
         self._swap(served)
 
     def _prepare(self, bundle: ModelBundle, version: str, source: str) -> ServedModel:
@@ -147,8 +180,8 @@ class ModelHolder:
         if len(state):  # builds the engine's caches before any request sees it
             first = np.array([0])
             engine.recommend(state.take(first), 1, x=features[0], facts=facts.take(first))
-        return ServedModel(bundle, engine, features, facts, self.name or self.model_uri,
-                           version, self.alias, source)  # fmt: skip
+        return ServedModel(bundle, engine, features, facts, self.name, version, self.alias,
+                           source)  # fmt: skip
 
     def _swap(self, served: ServedModel) -> None:
         previous = self.current
@@ -167,35 +200,89 @@ class ModelHolder:
 
     # ---- local copy ----------------------------------------------------------------
     def _copy_dir(self) -> Path:
-        return self.local_dir / (self.name or "model")
+        """local_dir/<registered name>, and never anywhere else (the name is checked when
+        parsed; this holds even if it were not, or the folder were a link elsewhere)."""
+        base = self.local_dir.resolve()
+        folder = (base / self.name).resolve()
+        if folder.parent != base:
+            raise ConfigError(
+                f"model {self.model_uri!r}: its local copy would be {folder}, outside "
+                f"{base}; local copies stay directly inside RECOMMENDER_LOCAL_MODEL_DIR"
+            )
+        return folder
 
-    def _save_local_copy(self, bundle: ModelBundle, version: str) -> None:
+    def _save_local_copy(self, data: bytes, sha256: str, version: str) -> None:
+        """The registry's verified bytes (not a re-pickle: its digest stays the registry's),
+        readable by the service's user only."""
         folder = self._copy_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / "bundle.pkl.tmp"
-        with tmp.open("wb") as handle:
-            pickle.dump(bundle, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, folder / "bundle.pkl")
+        self.local_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)
+        folder.chmod(0o700)  # also a folder made by an older version with the umask's mode
+        _write_private(folder / BUNDLE, data)
         meta = {
             "name": self.name,
             "version": version,
             "alias": self.alias,
             "saved_at": datetime.now(UTC).isoformat(),
             "model_uri": self.model_uri,
+            "bundle_sha256": sha256,
         }
-        (folder / "meta.tmp").write_text(json.dumps(meta, indent=2))
-        os.replace(folder / "meta.tmp", folder / "meta.json")
+        _write_private(folder / META, json.dumps(meta, indent=2).encode())
 
     def _load_local_copy(self) -> None:
+        """The copy this holder's model URI saved, checked before it is unpickled: its
+        digest against meta.json, and against the registry's record when the registry
+        answers (BundleIntegrityError otherwise)."""
+        from training.pyfunc import BundleIntegrityError, verified_bundle
+
         folder = self._copy_dir()
-        if not (folder / "bundle.pkl").exists():
+        if not (folder / BUNDLE).exists():
             log.error("no local copy of the model in %s; not ready until MLflow answers", folder)
             return
-        from training.pyfunc import load_bundle_file
+        where = f"local copy {folder / BUNDLE}"
+        meta = json.loads((folder / META).read_text())
+        if not isinstance(meta, dict) or meta.get("model_uri") != self.model_uri:
+            found = meta.get("model_uri") if isinstance(meta, dict) else None
+            raise BundleIntegrityError(
+                f"{where} was saved for {found!r}, not {self.model_uri!r}; not loaded"
+            )
+        expected = str(meta.get("bundle_sha256", ""))
+        if not _DIGEST.fullmatch(expected):
+            raise BundleIntegrityError(
+                f"{where} has no SHA-256 in its meta.json (saved by an older version); not "
+                "loaded: start once with MLflow reachable to replace it"
+            )
+        version = str(meta.get("version"))
+        data = (folder / BUNDLE).read_bytes()
+        self._check_with_registry(where, version, expected)
+        bundle = verified_bundle(data, expected, where)
+        self._swap(self._prepare(bundle, version, "local copy"))
 
-        meta = json.loads((folder / "meta.json").read_text())
-        bundle = load_bundle_file(folder / "bundle.pkl")
-        self._swap(self._prepare(bundle, str(meta["version"]), "local copy"))
+    def _check_with_registry(self, where: str, version: str, expected: str) -> None:
+        """When the registry answers, the copy must be the bundle it registered as
+        `version`; when it does not, the copy's own meta.json is all there is."""
+        from training.pyfunc import BundleIntegrityError
+        from training.registry import ModelNotRegistered, model_version, recorded_digest
+        from training.tracking import configure
+
+        try:
+            configure(self.tracking_uri)
+            record = model_version(self.name, version=version)
+        except ModelNotRegistered as exc:
+            raise BundleIntegrityError(
+                f"{where}: the registry has no version {version} of {self.name!r} "
+                f"({first_line(exc)}); not loaded"
+            ) from exc
+        except Exception as exc:  # the registry cannot be asked: the usual reason to be here
+            log.warning("%s checked against its meta.json only: the registry did not answer "
+                        "(%s)", where, first_line(exc))  # fmt: skip
+            return
+        recorded = recorded_digest(record)
+        if recorded != expected:
+            raise BundleIntegrityError(
+                f"{where}: its SHA-256 {expected} is not the one the registry recorded for "
+                f"{self.name!r} version {version} ({recorded}); not loaded"
+            )
 
     # ---- polling -------------------------------------------------------------------
     def start_polling(self, seconds: float) -> None:
@@ -209,8 +296,38 @@ class ModelHolder:
         while not self._stop.wait(seconds):
             self.check()
 
-    def check_in_background(self) -> None:
-        threading.Thread(target=self.check, daemon=True, name="model-reload").start()
+    def check_in_background(self) -> bool:
+        """A check in a background thread, coalesced: while one runs, further requests
+        only ask for one more run after it (at most one thread and one pending check per
+        model, however many reloads are posted), and the last request is never lost.
+        True if a thread was started."""
+        with self._background:
+            if self._check_running:
+                self._check_pending = True
+                return False
+            self._check_running = True
+        try:
+            threading.Thread(target=self._background_checks, daemon=True,
+                             name="model-reload").start()  # fmt: skip
+        except BaseException:
+            with self._background:
+                self._check_running = False
+            raise
+        return True
+
+    def _background_checks(self) -> None:
+        try:
+            while True:
+                self.check()
+                with self._background:
+                    if not self._check_pending:
+                        self._check_running = False
+                        return
+                    self._check_pending = False
+        except BaseException:
+            with self._background:
+                self._check_running = self._check_pending = False
+            raise
 
     def stop(self) -> None:
         self._stop.set()
@@ -235,3 +352,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05
             return True
         time.sleep(step)
     return predicate()
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write `path` atomically (a temporary file, then a rename), mode 0600."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

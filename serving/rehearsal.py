@@ -16,6 +16,7 @@ data directory of the simulated clients, from which the report derives conversio
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -100,12 +101,24 @@ def simulate(url: str, key: str, data_dir: Path, channel: str, customers: int, s
     return counts
 
 
-def _post(client: httpx.Client, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    try:
-        response = client.post(path, json=body)
-    except httpx.HTTPError as exc:
-        raise ConfigError(f"cannot reach the service at {client.base_url}: {exc}; start it "
-                          "with `recommender serve` or pass --url") from exc  # fmt: skip
+def _post(client: httpx.Client, path: str, body: dict[str, Any],
+          max_wait: float = 600.0) -> dict[str, Any]:  # fmt: skip
+    """POST, waiting out the key's rate limit (429 + Retry-After) up to `max_wait` s."""
+    waited = 0.0
+    while True:
+        try:
+            response = client.post(path, json=body)
+        except httpx.HTTPError as exc:
+            raise ConfigError(f"cannot reach the service at {client.base_url}: {exc}; start "
+                              "it with `recommender serve` or pass --url") from exc  # fmt: skip
+        if response.status_code != 429 or waited >= max_wait:
+            break
+        try:
+            pause = min(max(float(response.headers.get("Retry-After", "1")), 0.1), 60.0)
+        except ValueError:  # an HTTP date: wait a second and ask again
+            pause = 1.0
+        time.sleep(pause)
+        waited += pause
     if response.status_code in (401, 403):
         raise ConfigError(f"{path}: {response.status_code} {response.json().get('detail')}; "
                           "pass an officer key with --key-file")  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
@@ -13,12 +14,13 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from recommender import columns as C
-from recommender.errors import RecommenderError
+from recommender.errors import RecommenderError, one_line
 from recommender.experiment import Experiment
 from serving.app import Services
-from serving.decision import Decision, NotFound, NotReady, decide
+from serving.decision import Decision, Forbidden, NotFound, NotReady, decide
 from serving.events import (
     UNAVAILABLE,
     DecisionRecord,
@@ -27,6 +29,7 @@ from serving.events import (
     QueueFull,
 )
 from serving.keys import ApiKey
+from serving.limits import offer_limits
 from serving.model_holder import ServedModel
 from serving.schemas import (
     BatchItemError,
@@ -44,7 +47,7 @@ from serving.schemas import (
     RecommendationResponse,
     ReloadResponse,
 )
-from serving.security import require
+from serving.security import API_KEY_HEADER, require
 
 router = APIRouter()
 Officer = Annotated[ApiKey, Depends(require("officer"))]
@@ -61,6 +64,18 @@ async def services(request: Request) -> Services:  # async: no thread hop for a 
 Svc = Annotated[Services, Depends(services)]
 
 
+async def _offer_limits(request: Request, key: Officer) -> AsyncIterator[None]:
+    """The key's rate and concurrency limits on the offer routes (serving/limits.py),
+    taken after the key check. The key's slot is freed when the route returns, before
+    the answer is sent (scope="function"), so a client's next request never finds it
+    still taken."""
+    async with offer_limits(request, key.id):
+        yield
+
+
+Limited = Annotated[None, Depends(_offer_limits, scope="function")]
+
+
 def _served(svc: Services) -> ServedModel:
     served = svc.holder.current
     if served is None:
@@ -70,9 +85,13 @@ def _served(svc: Services) -> ServedModel:
 
 
 @router.post("/v1/recommendations", response_model=RecommendationResponse, tags=["offers"],
-             responses={404: {"description": "Unknown customer_id"},
+             responses={403: {"description": "The key may not request this channel or a "
+                                             "cold start"},
+                        404: {"description": "Unknown customer_id"},
                         422: {"description": "Invalid request"}})  # fmt: skip
-async def recommend(body: RecommendationRequest, request: Request, svc: Svc, key: Officer) -> Any:
+async def recommend(
+    body: RecommendationRequest, request: Request, svc: Svc, key: Officer, _limits: Limited
+) -> Any:
     """Ranked, explained, rule-checked offers for one client (known id or cold start).
 
     Clients in a running experiment get their variant's model, objective or policy (the
@@ -81,9 +100,14 @@ async def recommend(body: RecommendationRequest, request: Request, svc: Svc, key
 
     `async` on purpose, against the habit for CPU-bound routes: scoring one client takes
     well under a millisecond, less than the two thread hand-overs a sync route costs
-    (measured in bench/bench_serving.py); the audit write is awaited, not blocked on."""
+    (measured in bench/bench_serving.py); the audit write is awaited, not blocked on.
+    A cold start is decided in a worker thread: parsing and encoding its attributes takes
+    ~10 ms, which would stall every other request on the event loop."""
     request_id = request.state.request_id
-    decision = _decide(svc, body)
+    if body.customer is None:
+        decision = _decide(svc, body, key)
+    else:
+        decision = await run_in_threadpool(_decide, svc, body, key)
     records = [decision.record(request_id, key, body.k)]
     committed = asyncio.wrap_future(_submit(svc, records))
     deadline = time.monotonic() + svc.settings.audit_wait_seconds
@@ -128,9 +152,11 @@ def _wait(svc: Services, records: list[DecisionRecord], future: Future[None]) ->
             raise _audit_failed(svc, records) from exc
 
 
-def _decide(svc: Services, item: RecommendationRequest) -> Decision:
+def _decide(svc: Services, item: RecommendationRequest, key: ApiKey) -> Decision:
     try:
-        return decide(svc, item)
+        return decide(svc, item, key)
+    except Forbidden as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=exc.detail) from exc
     except NotReady as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
                             detail="no model loaded yet; see /readyz") from exc  # fmt: skip
@@ -139,8 +165,14 @@ def _decide(svc: Services, item: RecommendationRequest) -> Decision:
 
 
 @router.post("/v1/recommendations/batch", response_model=BatchResponse, tags=["offers"])
-def recommend_batch(body: BatchRequest, request: Request, svc: Svc, key: Officer) -> Any:
-    """Offers for up to 1,000 clients in one call; per-client errors are reported inline."""
+def recommend_batch(
+    body: BatchRequest, request: Request, svc: Svc, key: Officer, _limits: Limited
+) -> Any:
+    """Offers for up to 1,000 clients in one call; per-client errors are reported inline.
+
+    At most `max_cold_starts_per_batch` items may be cold starts, and the batch costs the
+    key's rate limit the sum of its items (serving/limits.py). Sync on purpose: FastAPI
+    runs it in a worker thread, so a long batch does not stall the event loop."""
     if len(body.requests) > svc.settings.max_batch:
         limit, got = svc.settings.max_batch, len(body.requests)
         raise RequestValidationError([{
@@ -152,7 +184,7 @@ def recommend_batch(body: BatchRequest, request: Request, svc: Svc, key: Officer
     for i, item in enumerate(body.requests):
         request_id = f"{request.state.request_id}-{i}"
         try:
-            decision = _decide(svc, item)
+            decision = _decide(svc, item, key)
         except HTTPException as exc:
             if exc.status_code != status.HTTP_404_NOT_FOUND:
                 raise
@@ -182,7 +214,8 @@ def _audit_failed(svc: Services, records: list[DecisionRecord]) -> HTTPException
 
 
 @router.post("/v1/feedback", response_model=FeedbackResponse, tags=["offers"],
-             responses={404: {"description": "Unknown request_id"},
+             responses={403: {"description": "The decision was made by another key"},
+                        404: {"description": "Unknown request_id"},
                         422: {"description": "Product not offered in that request"}})  # fmt: skip
 def record_feedback(body: FeedbackRequest, svc: Svc, key: Officer) -> Any:
     """What happened to an offer: shown, accepted, declined or converted. Repeats are
@@ -190,8 +223,8 @@ def record_feedback(body: FeedbackRequest, svc: Svc, key: Officer) -> Any:
     the product for the client for the contact policy's period."""
     checked = _check_feedback(svc, key, body)
     if isinstance(checked, FeedbackError):
-        if checked.status == 404:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=checked.detail)
+        if checked.status in (403, 404):
+            raise HTTPException(checked.status, detail=checked.detail)
         error = {"loc": ("body", "product_id"), "type": "not_offered",
                  "input": body.product_id, "msg": checked.detail}  # fmt: skip
         raise RequestValidationError([error])
@@ -220,7 +253,9 @@ def record_feedback_batch(body: FeedbackBatch, svc: Svc, key: Officer) -> Any:
 
 
 def _check_feedback(svc: Services, key: ApiKey, body: FeedbackRequest) -> Any:
-    """(answer, record to write or None for a repeat), or a FeedbackError."""
+    """(answer, record to write or None for a repeat), or a FeedbackError. Only the key
+    that made the decision may report its outcome: feedback suppresses products (a
+    decline) and decides A/B readouts, so another officer must not write it."""
     if not svc.audit.healthy:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
                             detail="the event store is unavailable; retry shortly")  # fmt: skip
@@ -236,6 +271,13 @@ def _check_feedback(svc: Services, key: ApiKey, body: FeedbackRequest) -> Any:
             request_id=body.request_id, product_id=body.product_id, status=404,
             detail=f"request_id {body.request_id!r} is unknown; send the request_id a "
             "/v1/recommendations response returned",
+        )  # fmt: skip
+    if decision["key_id"] != key.id:
+        return FeedbackError(
+            request_id=body.request_id, product_id=body.product_id, status=403,
+            detail=f"request_id {body.request_id!r} was made by another key; feedback is "
+            f"accepted only from the key that made the decision (this key: {key.id!r}); send "
+            "feedback for your own requests",
         )  # fmt: skip
     if body.product_id not in decision["products"]:
         offered = sorted(decision["products"]) or "no product"
@@ -265,13 +307,28 @@ def _write_feedback(svc: Services, records: list[FeedbackRecord]) -> None:
 
 @router.post("/v1/experiments", response_model=ExperimentOut, status_code=201,
              tags=["experiments"],
-             responses={409: {"description": "Name taken, or another experiment runs in "
-                                             "the channel"}})  # fmt: skip
+             responses={409: {"description": "Name taken, another experiment runs in "
+                                             "the channel, or max_experiments are running "
+                                             "or scheduled"}})  # fmt: skip
 def create_experiment(body: ExperimentIn, svc: Svc, key: Admin) -> Any:
     """Start an A/B experiment: variants with traffic weights (each may name a model
     alias or version, an objective, or the popularity policy) and an optional holdout
-    share that gets no offer. One experiment at a time per channel."""
+    share that gets no offer. One experiment at a time per channel, and at most
+    `max_experiments` running or scheduled (each keeps its variants' models loaded in
+    every worker), checked before any model is loaded."""
     experiment = Experiment.from_dict(body.model_dump(exclude_none=True))
+    now = datetime.now(UTC)
+    live = [e.name for e in svc.events.experiments()
+            if e.active(now) or (e.start > now and e.stopped_at is None)]  # fmt: skip
+    cap = svc.settings.max_experiments
+    if len(live) >= cap:
+        names = ", ".join(live[:5]) + (", ..." if len(live) > 5 else "")
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"at most {cap} experiments may be running or scheduled at once "
+            f"(RECOMMENDER_MAX_EXPERIMENTS={cap}), and {len(live)} are ({names}); stop one "
+            "with POST /v1/experiments/{name}/stop, or raise the setting",
+        )
     try:
         svc.experiments.create(experiment)
     except ExperimentConflict as exc:
@@ -370,20 +427,39 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", tags=["operations"])
-def readyz(svc: Svc, response: Response) -> dict[str, Any]:
-    """Readiness: a model and the client data are loaded. The event store's state is
-    reported (a store that is down degrades the service: offers are still served and
-    their events queued) but does not make the service unready."""
-    status_ = svc.holder.status()
+def readyz(svc: Svc, request: Request, response: Response) -> dict[str, Any]:
+    """Readiness: a model and the client data are loaded (200, else 503). The event
+    store's state is reported (a store that is down degrades the service: offers are
+    still served and their events queued) but does not make the service unready.
+
+    Without a valid key, only `{"ready": ...}`: the details (model, errors naming
+    internal hosts) are for the people who run the service, and a probe needs only the
+    status code. With a key of any role, the details, each text on one line."""
     ready = svc.holder.current is not None
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    if svc.keys.identify(request.headers.get(API_KEY_HEADER)) is None:
+        return {"ready": ready}
+    status_ = svc.holder.status()
     audit = svc.audit
     store = {"up": audit.healthy and svc.events.ping(), "queued_events": audit.pending,
              "last_error": audit.last_error}  # fmt: skip
-    return {"ready": ready, **status_, "degraded": status_["degraded"] or not store["up"],
-            "customers": len(svc.directory), "as_of": svc.directory.as_of.date().isoformat(),
-            "event_store": store, "experiments": svc.experiments.status()}  # fmt: skip
+    details = {"ready": ready, **status_, "degraded": status_["degraded"] or not store["up"],
+               "customers": len(svc.directory), "as_of": svc.directory.as_of.date().isoformat(),
+               "event_store": store, "experiments": svc.experiments.status()}  # fmt: skip
+    shown: dict[str, Any] = _single_lines(details)
+    return shown
+
+
+def _single_lines(value: Any) -> Any:
+    """Every text in a (nested) answer on one line, credentials hidden (`one_line`)."""
+    if isinstance(value, str):
+        return one_line(value)
+    if isinstance(value, dict):
+        return {k: _single_lines(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_single_lines(v) for v in value]
+    return value
 
 
 @router.get("/metrics", tags=["operations"])
@@ -410,8 +486,9 @@ def reload(
 
 @router.get("/v1/admin/settings", tags=["admin"])
 def settings(svc: Svc, key: Admin) -> dict[str, Any]:
-    """The service's settings (no secrets are kept in settings)."""
-    return svc.settings.model_dump(mode="json")
+    """The service's settings; passwords in URLs (event store, MLflow) are shown as
+    `***`, and API keys are never in settings (only their hashes, in the keys file)."""
+    return svc.settings.redacted()
 
 
 def _num(value: Any) -> float | None:

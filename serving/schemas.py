@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from recommender.experiment import MAX_VARIANTS, MAX_WEIGHT
 
 Scalar = str | float | int | bool | None
 
@@ -25,10 +28,29 @@ class CustomerInput(Strict):
                                 examples=[["ind_cco_fin_ult1", "ind_nomina_ult1"]])  # fmt: skip
     dropped: list[str] = Field(default_factory=list, max_length=100)
 
+    @field_validator("attributes")
+    @classmethod
+    def _finite(cls, values: dict[str, Scalar]) -> dict[str, Scalar]:
+        """JSON has no NaN or Infinity, but Python's parser accepts them; a NaN would pass
+        for an unknown value (and skip the rule that reads it). Ranges: the model's."""
+        for name, value in values.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"attribute {name}: {value} is not a number; send null (or "
+                                 "leave the attribute out) when it is unknown")  # fmt: skip
+        return values
+
+
+# A client id: a letter or digit, then letters, digits and _ . : - (Santander's numbers,
+# Zimnat's `4WKQSBB`, `C0000042`). Never a first character a spreadsheet would run as a
+# formula (= + - @) nor a control character that would forge a log line.
+CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+
 
 class RecommendationRequest(Strict):
     customer_id: str | None = Field(default=None, min_length=1, max_length=128,
-                                    examples=["C0000042"])  # fmt: skip
+                                    pattern=CUSTOMER_ID_PATTERN, examples=["C0000042"],
+                                    description="The bank's client id: a letter or digit, "
+                                                "then letters, digits and _ . : -")  # fmt: skip
     customer: CustomerInput | None = None
     k: int = Field(default=3, ge=1, le=24, description="Offers to return (1 to catalog size)")
     explain: bool = Field(default=True, description="Reasons per offer and every exclusion")
@@ -134,7 +156,9 @@ class FeedbackBatchResponse(BaseModel):
 
 class VariantIn(Strict):
     name: str = Field(min_length=1, max_length=64, examples=["challenger"])
-    weight: float = Field(default=1.0, gt=0, description="Traffic weight (relative)")
+    weight: float = Field(default=1.0, gt=0, le=MAX_WEIGHT, allow_inf_nan=False,
+                          description="Traffic weight, relative (1 and 3: a 25/75 split); "
+                                      f"in (0, {MAX_WEIGHT:g}]")  # fmt: skip
     model: str | None = Field(default=None, max_length=256,
                               description="Registry alias (champion), version (7) or a "
                                           "models:/ URI; default: the service's model",
@@ -151,7 +175,7 @@ class ExperimentIn(Strict):
                          pattern=r"^[A-Za-z0-9_.-]+$")  # fmt: skip
     control: str | None = Field(default=None, description="Default: the first variant")
     holdout: float = Field(default=0.0, ge=0, lt=1, description="Share that gets no offer")
-    variants: list[VariantIn] = Field(min_length=1, max_length=20)
+    variants: list[VariantIn] = Field(min_length=1, max_length=MAX_VARIANTS)
     start: str | None = Field(default=None, description="ISO 8601; default: now")
     end: str | None = Field(default=None, description="ISO 8601; default: until stopped")
     description: str = Field(default="", max_length=2000)

@@ -72,6 +72,11 @@ class World:
             "decline_suppress_days": 0,  # the contact policy has its own tests
             "max_offers_per_week": 0,
             "experiment_refresh_seconds": 0,
+            # Per-key limits off: tests send more than an officer would; the limits have
+            # their own tests (tests/test_limits.py).
+            "rate_limit_per_minute": 0,
+            "rate_limit_concurrency": 0,
+            "max_experiments": 1000,
         }
         values.update(overrides)
         return ServiceSettings(**values)

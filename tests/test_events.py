@@ -141,7 +141,7 @@ def test_record_and_read_back(store: EventStore) -> None:
         "cold_start": False, "model_name": "cross-sell-recommender", "model_version": "3",
         "objective": "propensity", "k": 3, "offers": second.offers,
         "excluded": [{"product_id": "ind_cco_fin_ult1", "reason": "already held"}],
-        "channel": None, "experiment": None, "variant": None,
+        "channel": None, "experiment": None, "variant": None, "customer_input": None,
     }  # fmt: skip
     assert _utc(row["created_at"]) == second.created_at
     assert store.decision("missing") is None

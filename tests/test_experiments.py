@@ -270,7 +270,9 @@ def test_feedback_is_checked_idempotent_and_shown_in_the_client_view(
 
 
 def test_the_contact_policy_suppresses_declines_and_caps_offers(world: World) -> None:
-    settings = world.settings("contact", decline_suppress_days=30, max_offers_per_week=4)
+    # every request counts here (repeat window off): one key's repeats are in test_officer_abuse
+    settings = world.settings("contact", decline_suppress_days=30, max_offers_per_week=4,
+                              repeat_window_seconds=0)  # fmt: skip
     with live_server(create_app(settings)) as live:
         customer = "C0000900"
         first = batch(live, world, [customer], "branch", k=3)[0]

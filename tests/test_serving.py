@@ -79,7 +79,9 @@ MAIN_ACCOUNTS = {CURRENT_ACCOUNT, "ind_ctma_fin_ult1", PARTICULAR_ACCOUNT, "ind_
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     """The bank, the main MLflow store with version 1 as champion, and the keys file."""
-    return make_world(tmp_path_factory.mktemp("serving"))
+    made = make_world(tmp_path_factory.mktemp("serving"))
+    READINESS_KEY["key"] = made.keys["analyst"]  # every server of this module uses its keys
+    return made
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +143,11 @@ def cold(
     return offered, excluded
 
 
+READINESS_KEY: dict[str, str] = {}  # /readyz details need a key (any role)
+
+
 def readyz(server: LiveServer) -> dict[str, Any]:
-    response = call(server, "GET", "/readyz")
+    response = call(server, "GET", "/readyz", READINESS_KEY["key"])
     assert response.status_code == 200, response.text
     payload: dict[str, Any] = response.json()
     return payload
@@ -955,7 +960,7 @@ def test_failed_reload_reports_its_error_once_and_recovers(
     def unavailable(uri: str, tracking_uri: str | None = None) -> Any:
         raise RecommenderError(f"cannot load model {uri!r}: artifact store offline")
 
-    monkeypatch.setattr(training.scoring, "load_bundle", unavailable)
+    monkeypatch.setattr(training.scoring, "fetch_bundle", unavailable)
     failed = reload(update_server, update_world).json()
     error = f"cannot load model 'models:/{MODEL_NAME}/{new}': artifact store offline"
     ready = readyz(update_server)
@@ -1020,7 +1025,7 @@ def test_without_local_copy_and_mlflow_unreachable_it_is_not_ready(
                               local_model_dir=world.home / "no-models")  # fmt: skip
     with live_server(create_app(settings)) as live:
         assert call(live, "GET", "/healthz").status_code == 200
-        ready = call(live, "GET", "/readyz")
+        ready = call(live, "GET", "/readyz", world.keys["analyst"])
         assert ready.status_code == 503
         payload = ready.json()
         assert (payload["ready"], payload["model"], payload["degraded"]) == (False, None, True)

@@ -11,6 +11,7 @@ import typer
 from rich.progress import Progress, TaskID
 
 from recommender.cli import _date, app, print_report, progress_bar
+from recommender.errors import redact
 
 
 def _advance_message(bar: Progress, task: TaskID) -> Callable[[str], None]:
@@ -70,9 +71,9 @@ def train(
     if report is not None:
         write_report(outcome.report, report)
         typer.echo(f"report written to {report}")
-    typer.echo(f"MLflow run {outcome.run_id} at {outcome.tracking_uri}")
+    typer.echo(f"MLflow run {outcome.run_id} at {redact(outcome.tracking_uri)}")
     typer.echo(f"registered {outcome.model_name} version {outcome.version} as @{outcome.alias}")
-    typer.echo(f"see it: mlflow ui --backend-store-uri {outcome.tracking_uri}")
+    typer.echo(f"see it: mlflow ui --backend-store-uri {redact(outcome.tracking_uri)}")
 
 
 @app.command()

@@ -8,6 +8,8 @@ expected_value, reason.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import pickle
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,42 @@ import pandas as pd
 
 from recommender import columns as C
 from recommender.bundle import DROPPED, HOLDINGS, ModelBundle
-from recommender.errors import ConfigError
+from recommender.errors import ConfigError, RecommenderError
 from recommender.state import CustomerState
 
 BUNDLE_ARTIFACT = "bundle"
+BUNDLE_FILE = "bundle.pkl"  # inside the logged model: artifacts/bundle.pkl
 DEFAULT_PARAMS: dict[str, Any] = {"k": 7, "objective": "propensity", "explain": True}
+
+
+class BundleIntegrityError(RecommenderError):
+    """A bundle's bytes are not the ones recorded when it was registered (or saved): it is
+    refused before it is unpickled, since unpickling runs whatever code the file names."""
+
+
+def bundle_digest(data: bytes) -> str:
+    """The SHA-256 (hex) recorded in the registry for each registered bundle."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def verified_bundle(data: bytes, expected: str, where: str) -> ModelBundle:
+    """Unpickle `data` only if its SHA-256 is `expected` (BundleIntegrityError otherwise)."""
+    actual = bundle_digest(data)
+    if not hmac.compare_digest(actual, expected.strip().lower()):
+        raise BundleIntegrityError(
+            f"{where}: the bundle's SHA-256 {actual} is not the one recorded at "
+            f"registration ({expected}); it was changed since and is not loaded. Restore the "
+            "file or register a new version; find out who could write there"
+        )
+    return unpickle_bundle(data, where)
+
+
+def unpickle_bundle(data: bytes, where: str) -> ModelBundle:
+    """The bundle in `data`. Only for bytes the caller trusts: unpickling runs code."""
+    bundle = pickle.loads(data)
+    if not isinstance(bundle, ModelBundle):
+        raise RecommenderError(f"{where} does not hold a model bundle")
+    return bundle
 
 
 def save_bundle(bundle: ModelBundle, path: Path) -> Path:
@@ -34,6 +67,9 @@ def save_bundle(bundle: ModelBundle, path: Path) -> Path:
 
 
 def load_bundle_file(path: Path) -> ModelBundle:
+    """The bundle of MLflow's own pyfunc loading (`mlflow.pyfunc.load_model`), which trusts
+    the artifact store; the service and `recommender score` verify it instead, see
+    `training.scoring.fetch_bundle`."""
     with path.open("rb") as handle:
         bundle = pickle.load(handle)
     if not isinstance(bundle, ModelBundle):

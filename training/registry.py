@@ -1,21 +1,38 @@
-"""Model registry: register a trained version, set aliases, and the promotion gate."""
+"""Model registry: register a trained version, set aliases, and the promotion gate.
+
+The registry is also the trust anchor of every bundle: each version is created with the
+SHA-256 of its bundle file as a tag (`bundle_sha256`), and a bundle is unpickled only if
+its bytes still have that digest. The artifact store can then be less trusted than the
+registry: a file changed there is refused, not run.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from recommender.errors import RecommenderError
+from recommender.errors import RecommenderError, first_line
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 TAG_METRIC = "map_at_k"
 TAG_FINGERPRINT = "data_fingerprint"
 TAG_PROTOCOL = "protocol"
+TAG_BUNDLE = "bundle_sha256"
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+# What a registry answers for a name, alias or version it does not have (the SQL store
+# says INVALID_PARAMETER_VALUE for an unknown alias); anything else means it did not answer.
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
 
 
 class PromotionRefused(RecommenderError):
     """The challenger did not earn the champion alias."""
+
+
+class ModelNotRegistered(RecommenderError):
+    """The registry answered that the model, alias or version does not exist (as opposed
+    to not answering at all): nothing may be loaded for it, not even a local copy."""
 
 
 @dataclass(frozen=True)
@@ -43,17 +60,51 @@ def alias_version(name: str, alias: str) -> Any | None:
         return None
 
 
-def register(model_uri: str, name: str, tags: dict[str, str]) -> tuple[str, str]:
-    """Register `model_uri` as a new version of `name`; the first becomes champion, later
-    ones challenger. If setting the alias fails the new version is deleted again."""
+def model_version(name: str, *, alias: str | None = None, version: str | None = None) -> Any:
+    """The registry's record of one version, by alias or number: ModelNotRegistered when
+    the registry says it does not exist, MlflowException when it cannot be asked."""
     from mlflow.exceptions import MlflowException
 
+    try:
+        if alias is not None:
+            return _client().get_model_version_by_alias(name, alias)
+        return _client().get_model_version(name, str(version))
+    except MlflowException as exc:
+        if exc.error_code in _NOT_FOUND:
+            raise ModelNotRegistered(first_line(exc)) from exc
+        raise
+
+
+def recorded_digest(record: Any) -> str:
+    """The bundle SHA-256 recorded when `record` (a model version) was registered."""
+    digest = str(record.tags.get(TAG_BUNDLE, ""))
+    if not _DIGEST.fullmatch(digest):
+        raise RecommenderError(
+            f"model {record.name!r} version {record.version} has no valid {TAG_BUNDLE} tag "
+            "(registered before bundles were verified, or the tag was changed), so its bundle "
+            "cannot be checked and is not loaded; retrain it with `recommender train`, or, once "
+            f"you have checked its artifacts/bundle.pkl, set the {TAG_BUNDLE} tag to its SHA-256"
+        )
+    return digest
+
+
+def register(
+    model_uri: str, name: str, tags: dict[str, str], *, bundle_sha256: str
+) -> tuple[str, str]:
+    """Register `model_uri` as a new version of `name`, with its bundle's SHA-256 as the
+    `bundle_sha256` tag (what loading checks); the first becomes champion, later ones
+    challenger. If setting the alias fails the new version is deleted again."""
+    from mlflow.exceptions import MlflowException
+
+    if not _DIGEST.fullmatch(bundle_sha256):
+        raise RecommenderError(f"bundle_sha256 {bundle_sha256!r} is not a SHA-256 hex digest")
     client = _client()
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name)
     run_id = tags.get("run_id")
+    tags = {**tags, TAG_BUNDLE: bundle_sha256}
     version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags).version
     alias = CHAMPION if alias_version(name, CHAMPION) is None else CHALLENGER
     try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,33 +14,74 @@ from recommender import columns as C
 from recommender.bundle import ModelBundle
 from recommender.dataset import load_bank_data
 from recommender.errors import ConfigError, RecommenderError, first_line
+from recommender.experiment import parse_model_reference
 from recommender.rules import RuleBook
 from recommender.state import HoldingsCube
 from recommender.storage import write_tables_atomically
+from training.pyfunc import BUNDLE_FILE, bundle_digest, unpickle_bundle, verified_bundle
+from training.registry import ModelNotRegistered, model_version, recorded_digest
 from training.tracking import configure
 
 CHUNK = 50_000
 Advance = Callable[[int], None]
 
 
-def load_bundle(model_uri: str, tracking_uri: str | None = None) -> ModelBundle:
-    """The bundle inside an MLflow pyfunc model (`models:/name@alias`, `runs:/...`, a path)."""
-    import mlflow
+@dataclass(frozen=True)
+class FetchedBundle:
+    """A bundle and the exact bytes it was unpickled from (the local copy keeps those
+    bytes, so that its digest stays the registry's)."""
+
+    bundle: ModelBundle
+    data: bytes
+    sha256: str
+    version: str | None  # the registry version; None for a run or a path
+
+
+def fetch_bundle(model_uri: str, tracking_uri: str | None = None) -> FetchedBundle:
+    """The bundle of a registered model (`models:/name@alias`, `models:/name/version`),
+    unpickled only once its bytes have the SHA-256 the registry recorded at registration.
+
+    Only the bundle file is read, never MLflow's pyfunc wrapper (python_model.pkl: a pickle
+    in the same artifact store with no recorded digest). A `runs:/` URI or a path, which
+    `recommender score --model` also accepts, has no registry record to check against:
+    it is loaded as the caller's own file, unverified.
+    """
     from mlflow.exceptions import MlflowException
 
     uri = configure(tracking_uri)
+    where = f"cannot load model {model_uri!r} from {uri}"
+    hint = "train one with `recommender train` or check --model / --tracking-uri"
     try:
-        model = mlflow.pyfunc.load_model(model_uri)
+        if not model_uri.startswith("models:/"):
+            data = _download(f"{model_uri.rstrip('/')}/artifacts/{BUNDLE_FILE}")
+            return FetchedBundle(unpickle_bundle(data, model_uri), data, bundle_digest(data),
+                                 None)  # fmt: skip
+        reference = parse_model_reference(model_uri)
+        name = str(reference.name)
+        record = model_version(name, alias=reference.alias, version=reference.version)
+        version = str(record.version)
+        expected = recorded_digest(record)
+        data = _download(f"models:/{name}/{version}/artifacts/{BUNDLE_FILE}")
+        bundle = verified_bundle(data, expected, f"model {name!r} version {version}")
+        return FetchedBundle(bundle, data, expected, version)
+    except ModelNotRegistered as exc:
+        raise ModelNotRegistered(f"{where} ({exc}); {hint}") from exc
     except (MlflowException, OSError) as exc:
-        first = first_line(exc)
-        raise RecommenderError(
-            f"cannot load model {model_uri!r} from {uri} ({first}); train one with "
-            "`recommender train` or check --model / --tracking-uri"
-        ) from exc
-    bundle = getattr(model.unwrap_python_model(), "bundle", None)
-    if not isinstance(bundle, ModelBundle):
-        raise RecommenderError(f"{model_uri} is not a next-best-offer model")
-    return bundle
+        raise RecommenderError(f"{where} ({first_line(exc)}); {hint}") from exc
+
+
+def load_bundle(model_uri: str, tracking_uri: str | None = None) -> ModelBundle:
+    """The bundle of a model URI (`models:/name@alias`, verified; `runs:/...`, a path)."""
+    return fetch_bundle(model_uri, tracking_uri).bundle
+
+
+def _download(artifact_uri: str) -> bytes:
+    """One artifact's bytes (a local store's file is read in place)."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="nbo-bundle-") as tmp:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=tmp)
+        return Path(path).read_bytes()
 
 
 def score_directory(

@@ -24,8 +24,10 @@ from recommender.state import StateOptions
 from training import charts
 from training.pyfunc import (
     BUNDLE_ARTIFACT,
+    BUNDLE_FILE,
     DEFAULT_PARAMS,
     NextBestOfferModel,
+    bundle_digest,
     input_example,
     save_bundle,
 )
@@ -61,7 +63,7 @@ def train(
     if progress:
         progress("logging to MLflow")
     uri = configure(tracking_uri)
-    run_id, model_uri = _log_run(result, data, data_id, config, experiment)
+    run_id, model_uri, digest = _log_run(result, data, data_id, config, experiment)
     tags = {
         TAG_METRIC: repr(result.report["models"]["hybrid"][f"map@{k}"]),
         TAG_FINGERPRINT: str(data_id["id"]),
@@ -69,7 +71,7 @@ def train(
         "k": str(k),
         "run_id": run_id,
     }
-    version, alias = register(model_uri, model_name, tags)
+    version, alias = register(model_uri, model_name, tags, bundle_sha256=digest)
     return TrainOutcome(run_id, model_name, version, alias, result.report, uri)
 
 
@@ -79,7 +81,9 @@ def _log_run(
     data_id: dict[str, Any],
     config: HybridConfig,
     experiment: str,
-) -> tuple[str, str]:
+) -> tuple[str, str, str]:
+    """Log the run and the model; (run id, model URI, SHA-256 of the logged bundle file:
+    the registry records it, and loading refuses a bundle that no longer has it)."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -116,7 +120,8 @@ def _log_run(
         ):
             mlflow.log_figure(figure, f"charts/{name}")
             charts.close(figure)
-        path = save_bundle(bundle, Path(tmp) / "bundle.pkl")
+        path = save_bundle(bundle, Path(tmp) / BUNDLE_FILE)
+        digest = bundle_digest(path.read_bytes())  # the exact bytes logged below
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=NextBestOfferModel(),
@@ -124,7 +129,7 @@ def _log_run(
             signature=signature,
             input_example=example,
         )
-        return run.info.run_id, info.model_uri
+        return run.info.run_id, info.model_uri, digest
 
 
 def _optional_attributes(signature: Any) -> Any:
