@@ -64,8 +64,10 @@ function request()
     return wrk.format("GET", "/v1/customers/" .. id(), headers)
   elseif r < 0.30 then
     local items = {}
+    local first = math.random(0, customers - 1)  -- ten different clients (one per batch)
     for i = 1, 10 do
-      items[i] = string.format('{"customer_id": "%s", "k": 3, "explain": true}', id())
+      items[i] = string.format('{"customer_id": "C%07d", "k": 3, "explain": true}',
+                               (first + i) % customers + 1)
     end
     return wrk.format("POST", "/v1/recommendations/batch", headers,
       '{"requests": [' .. table.concat(items, ",") .. ']}')

@@ -9,7 +9,9 @@ states and states into ranked, explained offers.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from functools import cached_property
 from typing import Any
 
@@ -20,7 +22,15 @@ from recommender import columns as C
 from recommender.errors import ConfigError
 from recommender.models.hybrid import HybridModel
 from recommender.ranking import top_k
-from recommender.rules import AGE_COLUMNS, BIRTH_COLUMNS, INCOME_COLUMNS, RISK_COLUMNS
+from recommender.rules import (
+    AGE_COLUMNS,
+    BIRTH_COLUMNS,
+    INCOME_COLUMNS,
+    MAX_AGE_YEARS,
+    RISK_COLUMNS,
+    ClientFacts,
+    client_facts,
+)
 from recommender.state import CENSORED, CustomerState, StateOptions
 from recommender.tier import ValueTier, segment_labels
 
@@ -37,12 +47,22 @@ FALLBACK_REASON = {"propensity": "popular with clients overall",
 # rules read have known domains; any other number may lie up to SPREAD_SLACK spreads of
 # the training data's quantiles beyond them (an income 100 times the top ones is a
 # client, 1e308 is not); dates are years before the model's snapshot date.
-MAX_AGE_YEARS = 120.0
 SPREAD_SLACK = 100.0
 NEWBORN_YEARS = 1.0  # a birth date up to a year after the model's snapshot date
 DATE_SLACK_YEARS = 10.0  # other dates: this much beyond the training data's, and 0-120
 AS_OF_SLACK_YEARS = 10.0  # a record's as_of: within this of the model's snapshot date
 DAYS_PER_YEAR = 365.25
+# A text attribute sent by a caller: at most this long (a segment, a region, a channel);
+# a longer one is no client fact, and would be stored and echoed at any length.
+MAX_TEXT_CHARS = 128
+# ISO 8601 in its extended form: a date, optionally a time and a UTC offset. Nothing else
+# is a date here: pandas also reads "now", "today" and bare numbers (19860101, an epoch).
+ISO_DATE = re.compile(
+    r"\d{4}-\d{2}-\d{2}"  # 1986-10-01
+    r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?"  # T09:30, T09:30:00.123
+    r"(?:Z|[+-]\d{2}(?::?\d{2})?)?)?"  # Z, +02:00, -0500
+)
+DATE_EXPECTED = "an ISO 8601 date such as 1986-10-01 (or 1986-10-01T09:30:00Z)"
 
 
 @dataclass(frozen=True)
@@ -116,14 +136,18 @@ class ModelBundle:
         unknown = [c for c in frame.columns if c not in kinds and c not in RECORD_FIELDS]
         if unknown:
             raise ConfigError(
-                f"unknown attribute {unknown[0]!r}; known: {', '.join(sorted(kinds))}"
+                f"unknown attribute {_shown(unknown[0])}; known: {', '.join(sorted(kinds))}"
             )
         out = frame.copy()
         ranges = self.attribute_ranges()
         for column, kind in kinds.items():
-            if column not in out.columns or kind == "categorical":
+            if column not in out.columns:
                 continue
             raw = out[column]
+            _check_scalars(f"attribute {column}", kind, raw)
+            if kind == "categorical":
+                _check_texts(column, raw)
+                continue
             parsed: pd.Series
             if kind == "date":
                 parsed = _dates(raw)
@@ -132,13 +156,23 @@ class ModelBundle:
             bad = raw.notna() & parsed.isna()
             if bad.any():
                 value = _shown(raw[bad].iloc[0])
-                what = "a date (YYYY-MM-DD)" if kind == "date" else "a number"
+                what = (f"a date (YYYY-MM-DD); send {DATE_EXPECTED}" if kind == "date"
+                        else "a number; send a number such as 50000.5")  # fmt: skip
                 raise ConfigError(f"attribute {column}: {value} is not {what}")
             self._check_range(column, kind, raw, parsed, ranges.get(column))
             out[column] = parsed
         if AS_OF in out.columns:
-            self._check_as_of(out[AS_OF])
+            out[AS_OF] = self._check_as_of(out[AS_OF])
         return out
+
+    def asserted_facts(self, state: CustomerState) -> ClientFacts:
+        """The rules' facts of records a caller sent (cold starts, after
+        `coerce_attributes`): strict, so an attribute left out excludes the products whose
+        rules read it; a risk level at or below the lowest tolerance this model accepts
+        (`attribute_ranges`) is suitable for anyone and needs none."""
+        ranges = self.attribute_ranges()
+        lowest = min((ranges[c].low for c in RISK_COLUMNS if c in ranges), default=-math.inf)
+        return client_facts(state, strict=True, lowest_tolerance=lowest)
 
     def attribute_ranges(self) -> dict[str, AllowedRange]:
         """The allowed range of each numeric and date attribute: the known domains of the
@@ -179,8 +213,14 @@ class ModelBundle:
             raise ConfigError(f"attribute {column}: {value} is out of range; allowed "
                               f"{bounds}{why}")  # fmt: skip
 
-    def _check_as_of(self, raw: pd.Series) -> None:
+    def _check_as_of(self, raw: pd.Series) -> pd.Series:
+        """`raw` as dates, if each is an ISO 8601 date within range of the model's."""
+        _check_scalars(AS_OF, "date", raw)
         parsed = _dates(raw)
+        bad = raw.notna() & parsed.isna()
+        if bad.any():
+            raise ConfigError(f"{AS_OF} {_shown(raw[bad].iloc[0])} is not a date (YYYY-MM-DD); "
+                              f"send {DATE_EXPECTED}")  # fmt: skip
         first, last = self._years_before(AS_OF_SLACK_YEARS), self._years_before(-AS_OF_SLACK_YEARS)
         outside = parsed.notna() & ((parsed < first) | (parsed > last))
         if outside.any():
@@ -189,6 +229,7 @@ class ModelBundle:
                 f"{first.date()} to {last.date()} (within {AS_OF_SLACK_YEARS:g} years of the "
                 f"model's snapshot date {self.as_of.date()})"
             )
+        return parsed
 
     def _years_before(self, years: float) -> pd.Timestamp:
         return pd.Timestamp(self.as_of) - pd.Timedelta(days=round(years * DAYS_PER_YEAR))
@@ -267,9 +308,57 @@ def _plain(value: Any) -> Any:
 
 def _dates(raw: pd.Series) -> pd.Series:
     """ISO 8601 dates, with or without a time zone (then converted to UTC, without one:
-    comparable with the model's dates); NaT where unparsable."""
-    parsed = pd.to_datetime(raw, errors="coerce", format="ISO8601", utc=True)
+    comparable with the model's dates); NaT where not such a date. Only texts in ISO 8601
+    form (`ISO_DATE`) and date objects are dates: not True (pandas' parser raised a
+    TypeError on a column of booleans), not a number, not "now" or "today"."""
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        parsed = pd.to_datetime(raw, utc=True)
+    else:
+        text = pd.Series([_iso_text(v) for v in raw], index=raw.index, dtype=object)
+        parsed = pd.to_datetime(text, errors="coerce", format="ISO8601", utc=True)
     return parsed.dt.tz_convert(None)
+
+
+def _iso_text(value: Any) -> str | None:
+    """`value` as ISO 8601 text if it is a date (an ISO text or a date object), else None."""
+    if isinstance(value, str):
+        text = value.strip()
+        return text if ISO_DATE.fullmatch(text) else None
+    if isinstance(value, datetime | date | np.datetime64) and not pd.isna(value):
+        return pd.Timestamp(value).isoformat()
+    return None
+
+
+def _check_scalars(label: str, kind: str, raw: pd.Series) -> None:
+    """One value per attribute: a list or an object (a nested record) is refused by name,
+    and so is true/false for a date or a text (for a number: `_number_like`)."""
+    for value in raw:
+        if isinstance(value, list | tuple | dict | set | np.ndarray):
+            what = "an object" if isinstance(value, dict) else "a list"
+            raise ConfigError(f"{label}: {what} is not a value; send one value "
+                              f"({_expected(kind)}), or null when it is unknown")  # fmt: skip
+        if isinstance(value, bool | np.bool_) and kind != "numeric":
+            raise ConfigError(f"{label}: {value} is not "
+                              f"{'a date' if kind == 'date' else 'a text'}; send "
+                              f"{_expected(kind)}")  # fmt: skip
+
+
+def _check_texts(column: str, raw: pd.Series) -> None:
+    """A categorical value: a text (or a number, read as its text) of at most
+    MAX_TEXT_CHARS. A value the training data never showed is no error: the model
+    encodes it as `(other)`, as it does a rare value of its training data."""
+    for value in raw:
+        if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+            raise ConfigError(f"attribute {column}: a text of {len(value):,} characters; send "
+                              f"at most {MAX_TEXT_CHARS}")  # fmt: skip
+
+
+def _expected(kind: str) -> str:
+    if kind == "date":
+        return DATE_EXPECTED
+    if kind == "numeric":
+        return "a number"
+    return f"a text of at most {MAX_TEXT_CHARS} characters"
 
 
 def _number_like(value: Any) -> Any:

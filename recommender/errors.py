@@ -32,10 +32,12 @@ class ModelFitError(RecommenderError):
 
 
 HIDDEN = "***"
-# scheme://user:password@host: the authority runs to the next / ? # or blank; its last @
-# ends the user information (a password may itself hold an unencoded @ or :).
+# scheme://user:password@host: the user information runs to the last @ before a blank,
+# since libraries accept passwords with unencoded / ? # @ : in them; a user part without
+# a colon may itself be a token (https://TOKEN@host), so it is hidden whole; an @ after
+# a path (https://host/a@b) is left alone.
 _URL_CREDENTIALS = re.compile(
-    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^/?#\s:@]*):(?P<secret>[^/?#\s]*)@"
+    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<info>[^\s]*)@(?=[^\s@]*(?:\s|$))"
 )
 # password=... in a query string or a libpq/ODBC style connection string
 _KEY_VALUE_SECRETS = re.compile(
@@ -49,8 +51,17 @@ def redact(text: str) -> str:
     """`text` with the passwords of URLs (`scheme://user:***@host`) and `password=` style
     values hidden; the user and host stay, as they are what an operator needs to fix a
     connection."""
-    text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{HIDDEN}@", text)
+    text = _URL_CREDENTIALS.sub(_hide_user_information, text)
     return _KEY_VALUE_SECRETS.sub(lambda m: f"{m['name']}{m['eq']}{HIDDEN}", text)
+
+
+def _hide_user_information(match: re.Match[str]) -> str:
+    user, colon, _ = match["info"].partition(":")
+    if "/" in user:  # an @ in a path (https://host/a@b), not user information
+        return match[0]
+    if not colon:  # https://TOKEN@host: the user part may itself be the secret
+        return f"{match['scheme']}{HIDDEN}@"
+    return f"{match['scheme']}{user}:{HIDDEN}@"
 
 
 def one_line(text: str) -> str:

@@ -129,6 +129,9 @@ def create_app(
     # /docs from pinned local copies (serving/docs.py), not FastAPI's CDN page; no ReDoc.
     app = FastAPI(title="Next-best-offer API", version="1.0", description=DESCRIPTION,
                   lifespan=lifespan, docs_url=None, redoc_url=None)  # fmt: skip
+    # No redirect to the slash-less path: Starlette builds it from the Host header, which
+    # the caller chooses (a poisoned cache would send users elsewhere); a 404 instead.
+    app.router.redirect_slashes = False
     _install_middleware(app, settings or (services.settings if services else None))
     _install_error_handlers(app)
     install_docs(app)

@@ -92,10 +92,12 @@ def serve(
     ] = 5,
 ) -> None:
     """Start the next-best-offer API (settings from RECOMMENDER_* variables or .env)."""
+    from serving.keys import read_keys
     from serving.settings import ServiceSettings
     from serving.transport import EdgeLimits, run
 
-    ServiceSettings()  # validate before forking workers: a bad setting is one clear line
+    # validate before forking workers: a bad setting or keys file is one clear line
+    read_keys(ServiceSettings().api_keys_file)
     limits = EdgeLimits(
         max_header_bytes=max_header_bytes,
         max_headers=max_headers,

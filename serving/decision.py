@@ -140,7 +140,8 @@ def decide(svc: Services, item: RecommendationRequest, key: ApiKey) -> Decision:
         k = k if k_allowed is None else min(k, k_allowed)
     if cold:
         state = served.bundle.state_from_frame(_cold_start_frame(item, served))
-        x, facts = None, None
+        # Asserted facts are strict: an attribute left out excludes what its rule guards.
+        x, facts = None, served.bundle.asserted_facts(state)
     else:
         assert row is not None
         state = svc.directory.client(served.bundle.options, row, served.bundle.model.reranked)

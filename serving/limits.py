@@ -284,7 +284,7 @@ async def offer_limits(request: Request, key_id: str) -> AsyncIterator[None]:
     gate = gate_of(request)
     try:
         payload = await request.json()  # already read and parsed by FastAPI: cached
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         payload = None
     cost = cost_of(payload, gate.limits)
     cold = cost.cold_starts
@@ -300,4 +300,27 @@ async def offer_limits(request: Request, key_id: str) -> AsyncIterator[None]:
         yield
         return
     async with gate.admitted(key_id, cost.tokens):
+        yield
+
+
+@asynccontextmanager
+async def key_limits(request: Request, key_id: str, *, items_field: str | None = None
+                     ) -> AsyncIterator[None]:  # fmt: skip
+    """The key's rate and concurrency limits on its other routes (the client view, the
+    feedback routes): a request costs 1 token, a batch the number of its `items_field`
+    entries, so reading the whole client base or flooding feedback is paced like offers."""
+    gate = gate_of(request)
+    if not gate.enabled:
+        yield
+        return
+    tokens = 1
+    if items_field is not None:
+        try:
+            payload = await request.json()
+        except (ValueError, RecursionError):
+            payload = None
+        items = payload.get(items_field) if isinstance(payload, dict) else None
+        if isinstance(items, list):
+            tokens = max(1, len(items))
+    async with gate.admitted(key_id, tokens):
         yield

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -29,9 +29,10 @@ from serving.events import (
     QueueFull,
 )
 from serving.keys import ApiKey
-from serving.limits import offer_limits
+from serving.limits import key_limits, offer_limits
 from serving.model_holder import ServedModel
 from serving.schemas import (
+    CUSTOMER_ID_PATTERN,
     BatchItemError,
     BatchRequest,
     BatchResponse,
@@ -74,6 +75,23 @@ async def _offer_limits(request: Request, key: Officer) -> AsyncIterator[None]:
 
 
 Limited = Annotated[None, Depends(_offer_limits, scope="function")]
+
+
+async def _view_limits(request: Request, key: Officer) -> AsyncIterator[None]:
+    """The same per-key limits on the client view: reading the whole client base is
+    paced like asking for offers."""
+    async with key_limits(request, key.id):
+        yield
+
+
+async def _feedback_limits(request: Request, key: Officer) -> AsyncIterator[None]:
+    """Per-key limits on feedback: one token per outcome (a batch: per item)."""
+    async with key_limits(request, key.id, items_field="items"):
+        yield
+
+
+ViewLimited = Annotated[None, Depends(_view_limits, scope="function")]
+FeedbackLimited = Annotated[None, Depends(_feedback_limits, scope="function")]
 
 
 def _served(svc: Services) -> ServedModel:
@@ -179,6 +197,7 @@ def recommend_batch(
             "loc": ("body", "requests"), "type": "too_long", "input": None,
             "msg": f"at most {limit} requests per batch (got {got})",
         }])  # fmt: skip
+    _refuse_repeated_clients(body)
     results: list[Any] = []
     records = []
     for i, item in enumerate(body.requests):
@@ -205,6 +224,24 @@ def recommend_batch(
     return {"results": results}
 
 
+def _refuse_repeated_clients(body: BatchRequest) -> None:
+    """One item per client in a batch: each item's contact policy reads the client's
+    history as it was before the batch, so two items for one client (another objective,
+    k=6 twice) would pass the weekly cap together."""
+    seen: dict[str, int] = {}
+    for i, item in enumerate(body.requests):
+        if item.customer_id is None:
+            continue
+        if item.customer_id in seen:
+            raise RequestValidationError([{
+                "loc": ("body", "requests", i, "customer_id"), "type": "repeated_client",
+                "input": item.customer_id,
+                "msg": f"customer_id {item.customer_id!r} is already item {seen[item.customer_id]}"
+                       " of this batch; send each client once per batch",
+            }])  # fmt: skip
+        seen[item.customer_id] = i
+
+
 def _audit_failed(svc: Services, records: list[DecisionRecord]) -> HTTPException:
     svc.metrics.audit_failures.inc(len(records))
     return HTTPException(
@@ -217,13 +254,13 @@ def _audit_failed(svc: Services, records: list[DecisionRecord]) -> HTTPException
              responses={403: {"description": "The decision was made by another key"},
                         404: {"description": "Unknown request_id"},
                         422: {"description": "Product not offered in that request"}})  # fmt: skip
-def record_feedback(body: FeedbackRequest, svc: Svc, key: Officer) -> Any:
+def record_feedback(body: FeedbackRequest, svc: Svc, key: Officer, _limits: FeedbackLimited) -> Any:
     """What happened to an offer: shown, accepted, declined or converted. Repeats are
     harmless (the same outcome for the same offer is kept once). A decline suppresses
     the product for the client for the contact policy's period."""
     checked = _check_feedback(svc, key, body)
     if isinstance(checked, FeedbackError):
-        if checked.status in (403, 404):
+        if checked.status in (403, 404, 503):
             raise HTTPException(checked.status, detail=checked.detail)
         error = {"loc": ("body", "product_id"), "type": "not_offered",
                  "input": body.product_id, "msg": checked.detail}  # fmt: skip
@@ -234,7 +271,9 @@ def record_feedback(body: FeedbackRequest, svc: Svc, key: Officer) -> Any:
 
 
 @router.post("/v1/feedback/batch", response_model=FeedbackBatchResponse, tags=["offers"])
-def record_feedback_batch(body: FeedbackBatch, svc: Svc, key: Officer) -> Any:
+def record_feedback_batch(
+    body: FeedbackBatch, svc: Svc, key: Officer, _limits: FeedbackLimited
+) -> Any:
     """Up to 1,000 outcomes in one call (an officer app syncing after a day offline);
     each item is checked as `/v1/feedback` checks it, and errors are reported inline."""
     results: list[Any] = []
@@ -260,12 +299,12 @@ def _check_feedback(svc: Services, key: ApiKey, body: FeedbackRequest) -> Any:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
                             detail="the event store is unavailable; retry shortly")  # fmt: skip
     decision = svc.events.offered(body.request_id)
-    if decision is None and svc.audit.pending:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
+    if decision is None and svc.audit.pending:  # this item only: the rest of a batch goes on
+        return FeedbackError(
+            request_id=body.request_id, product_id=body.product_id, status=503,
             detail=f"request_id {body.request_id!r} is not recorded yet (events are waiting "
-            "to be written); retry shortly",
-        )
+            "to be written); retry this item shortly",
+        )  # fmt: skip
     if decision is None:
         return FeedbackError(
             request_id=body.request_id, product_id=body.product_id, status=404,
@@ -382,7 +421,12 @@ def _count_offers(svc: Services, records: list[DecisionRecord]) -> None:
 
 
 @router.get("/v1/customers/{customer_id}", tags=["clients"])
-def customer_view(customer_id: str, svc: Svc, key: Officer) -> Any:
+def customer_view(
+    customer_id: Annotated[str, Path(pattern=CUSTOMER_ID_PATTERN, max_length=128)],
+    svc: Svc,
+    key: Officer,
+    _limits: ViewLimited,
+) -> Any:
     """The client view: attributes, value tier, holdings with since-when, recently
     dropped products, and the offers made to this client."""
     served = _served(svc)

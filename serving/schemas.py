@@ -3,13 +3,33 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
+from recommender.bundle import AS_OF, MAX_TEXT_CHARS, RECORD_FIELDS
 from recommender.experiment import MAX_VARIANTS, MAX_WEIGHT
 
 Scalar = str | float | int | bool | None
+# A cold start's attributes (CustomerInput): a few, short names, one short value each.
+# The model knows a handful of attributes; nothing longer is a client fact, and whatever
+# is accepted is stored in the audit trail and may be quoted back in reasons.
+MAX_ATTRIBUTES = 64
+ATTRIBUTE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+AttributeName = Annotated[str, StringConstraints(pattern=ATTRIBUTE_NAME_PATTERN, max_length=64)]
+AttributeValue = (
+    Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)] | float | int | bool | None
+)
+ProductId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
 
 
 class Strict(BaseModel):
@@ -19,14 +39,72 @@ class Strict(BaseModel):
 class CustomerInput(Strict):
     """A client the bank has not snapshotted yet (cold start)."""
 
-    attributes: dict[str, Scalar] = Field(
-        default_factory=dict, max_length=200,
+    attributes: dict[AttributeName, AttributeValue] = Field(
+        default_factory=dict, max_length=MAX_ATTRIBUTES,
+        description=f"At most {MAX_ATTRIBUTES} of the model's attributes, each one value: a "
+                    f"text of at most {MAX_TEXT_CHARS} characters, a number, true/false or "
+                    "null (unknown); dates in ISO 8601 (1975-04-02). A product whose rule "
+                    "reads an attribute left out (age or birth date, income, risk "
+                    "tolerance, segment) is not offered",
         examples=[{"segment": "top", "income": 180000.0, "birth_date": "1975-04-02",
                    "risk_tolerance": 4}],
     )  # fmt: skip
-    holdings: list[str] = Field(default_factory=list, max_length=100,
-                                examples=[["ind_cco_fin_ult1", "ind_nomina_ult1"]])  # fmt: skip
-    dropped: list[str] = Field(default_factory=list, max_length=100)
+    holdings: list[ProductId] = Field(
+        default_factory=list, max_length=100, description="Products held now, each once",
+        examples=[["ind_cco_fin_ult1", "ind_nomina_ult1"]],
+    )  # fmt: skip
+    dropped: list[ProductId] = Field(default_factory=list, max_length=100,
+                                     description="Products held before and closed, each once; "
+                                                 "none also in holdings")  # fmt: skip
+
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def _bounded(cls, values: Any) -> Any:
+        """Before the types are checked, for one error that names the attribute and says
+        what to send (a union's type errors list every type, and quote nothing useful)."""
+        if not isinstance(values, dict):
+            return values  # the type check refuses it
+        if len(values) > MAX_ATTRIBUTES:
+            raise ValueError(f"at most {MAX_ATTRIBUTES} attributes (got {len(values)}); send "
+                             "only the attributes the model knows")  # fmt: skip
+        for name, value in values.items():
+            if not isinstance(name, str) or not re.fullmatch(ATTRIBUTE_NAME_PATTERN, name):
+                shown = repr(name) if len(repr(name)) <= 40 else f"{repr(name)[:37]}..."
+                raise ValueError(f"attribute name {shown}: use letters, digits, _ . - (a "
+                                 "letter or _ first), at most 64 characters")  # fmt: skip
+            if name in RECORD_FIELDS and name != AS_OF:
+                raise ValueError(f"attribute {name}: not an attribute; send it as "
+                                 f"customer.{name} or customer_id")  # fmt: skip
+            if isinstance(value, dict | list):
+                what = "an object" if isinstance(value, dict) else "a list"
+                raise ValueError(f"attribute {name}: {what} is not a value; send one text (at "
+                                 f"most {MAX_TEXT_CHARS} characters), number, true/false, or "
+                                 "null when it is unknown")  # fmt: skip
+            if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+                raise ValueError(f"attribute {name}: a text of {len(value):,} characters; "
+                                 f"send at most {MAX_TEXT_CHARS}")  # fmt: skip
+            if isinstance(value, str) and _CONTROL.search(value):
+                raise ValueError(f"attribute {name}: control characters (a line break, a "
+                                 "tab) are not allowed in a value; send plain text")  # fmt: skip
+        return values
+
+    @model_validator(mode="after")
+    def _each_product_once(self) -> CustomerInput:
+        """A product held twice, or both held and dropped, is no client's state (and the
+        audit row would keep the contradiction as asserted)."""
+        for field, products in (("holdings", self.holdings), ("dropped", self.dropped)):
+            seen: set[str] = set()
+            for product in products:
+                if product in seen:
+                    raise ValueError(f"{field}: {product!r} is listed more than once; list "
+                                     "each product once")  # fmt: skip
+                seen.add(product)
+        dropped = set(self.dropped)
+        both = [p for p in self.holdings if p in dropped]
+        if both:
+            raise ValueError(f"{both[0]!r} is in both holdings and dropped; a product is held "
+                             "now (holdings) or was closed (dropped), not both")  # fmt: skip
+        return self
 
     @field_validator("attributes")
     @classmethod
@@ -64,7 +142,8 @@ class RecommendationRequest(Strict):
         extra="forbid",
         json_schema_extra={"examples": [
             {"customer_id": "C0000042", "k": 3, "explain": True, "objective": "propensity"},
-            {"customer": {"attributes": {"segment": "top", "income": 180000.0},
+            {"customer": {"attributes": {"segment": "top", "income": 180000.0,
+                                         "birth_date": "1975-04-02", "risk_tolerance": 4},
                           "holdings": ["ind_cco_fin_ult1"]}, "k": 3},
         ]},
     )  # fmt: skip

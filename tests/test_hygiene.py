@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pandas as pd
@@ -121,6 +122,12 @@ def test_redact_hides_url_passwords_and_keeps_what_an_operator_needs() -> None:
     assert redact("sqlite:///events.db and https://host/a@b") == (
         "sqlite:///events.db and https://host/a@b"
     )
+    # found by the adversarial review: unencoded / ? # in a password, a token as the user
+    assert redact("postgresql://svc:pa/ss?w#rd@db.internal/events") == (
+        "postgresql://svc:***@db.internal/events"
+    )
+    assert redact("https://dapi0123456789secret@mlflow.internal") == "https://***@mlflow.internal"
+    assert redact("x redis://:pw@r:6379/0 y") == "x redis://:***@r:6379/0 y"
     error = ConnectionError(f"cannot reach {CREDENTIALED_MLFLOW}api\nsecond line")
     assert first_line(error) == "cannot reach http://mlflow-user:***@127.0.0.1:9/api"
 
@@ -246,6 +253,13 @@ def test_the_api_refuses_a_formula_customer_id(server: Any, world: World, custom
     assert one.status_code == 422, one.text
     assert one.json()["detail"][0]["loc"] == ["body", "customer_id"]
     assert batch.status_code == 422, batch.text
+    with server.client(world.keys["officer"]) as client:  # the client view's path too
+        view = client.get(f"/v1/customers/{quote(customer_id, safe='')}")
+    if "/" in customer_id:  # decoded by the server: no route matches, nothing looked up
+        assert view.status_code == 404 and view.json() == {"detail": "Not Found"}
+    else:
+        assert view.status_code == 422, view.text
+        assert view.json()["detail"][0]["loc"] == ["path", "customer_id"]
 
 
 def test_real_client_ids_match_the_pattern(server: Any, world: World) -> None:

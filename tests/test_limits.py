@@ -42,7 +42,21 @@ from tests.serving_fixtures import (
 REC = "/v1/recommendations"
 BATCH = "/v1/recommendations/batch"
 REDIS_URL = "redis://127.0.0.1:6379/0"
-OFFICERS = ("rate", "cold", "debt", "cap", "slot", "other", "loop", "shared", "fallback")
+OFFICERS = (
+    "rate",
+    "cold",
+    "debt",
+    "cap",
+    "slot",
+    "other",
+    "loop",
+    "shared",
+    "fallback",
+    "view",
+    "feedback",
+    "deep",
+    "repeat",
+)
 STRICT = {  # small limits: a token refills every 10 s, so none refills during a test
     "rate_limit_per_minute": 6, "rate_limit_burst": 5, "rate_limit_cold_start_cost": 3,
     "rate_limit_concurrency": 1, "max_cold_starts_per_batch": 2,
@@ -493,3 +507,81 @@ def test_the_ranges_come_from_the_known_domains_and_the_training_data(
     spread = allowed_range("balance", "numeric", seen=[100.0, 950.0], catalog_risk=[])
     assert spread.low < 0 and spread.high > 50_000  # overdrafts hide below the quantiles
     assert allowed_range("renta", "numeric", seen=[100.0, 950.0], catalog_risk=[]).low == 0
+
+
+# -- found by the adversarial review of the hardened service -------------------------------
+
+
+def test_reading_client_views_is_paced_like_offers(strict: LiveServer, bank: Bank) -> None:
+    """Before: an officer key read all 5,000 client views in 6.5 s, none refused."""
+    with strict.client(bank.officers["view"]) as http:
+        codes = [http.get(f"/v1/customers/C{i:07d}").status_code for i in range(1, 6)]
+        assert codes == [200] * 5
+        refused(http.get("/v1/customers/C0000006"), "rate limit", "officer-view")
+
+
+def test_feedback_costs_a_token_per_item(strict: LiveServer, bank: Bank) -> None:
+    """A feedback batch of 6 items is over the burst of 5: admitted on a full bucket and
+    leaves it in debt, so the next feedback waits."""
+    with strict.client(bank.officers["feedback"]) as http:
+        items = [{"request_id": f"r{i}", "product_id": "p", "outcome": "shown"} for i in range(6)]
+        first = http.post("/v1/feedback/batch", json={"items": items})
+        assert first.status_code == 200, first.text
+        assert {r["status"] for r in first.json()["results"]} == {404}
+        refused(http.post("/v1/feedback", json=items[0]), "rate limit", "officer-feedback")
+
+
+@pytest.mark.parametrize("route", [REC, BATCH])
+def test_deeply_nested_json_of_another_content_type_is_not_a_server_error(
+    strict: LiveServer, bank: Bank, route: str
+) -> None:
+    """Before: 500 (RecursionError from the rate limit's look at the body)."""
+    body = "[" * 100_000 + "]" * 100_000
+    with strict.client(bank.officers["deep"]) as http:
+        answer = http.post(route, content=body, headers={"content-type": "text/plain"})
+    assert 400 <= answer.status_code < 500, answer.text
+
+
+def test_a_batch_names_each_client_once(open_server: LiveServer, bank: Bank) -> None:
+    """Before: two items for one client with k=6 (two objectives) made 12 offers in one
+    call, past the weekly cap of 6, since each item read the history before the batch."""
+    items = [{"customer_id": "C0000031", "k": 6, "objective": "propensity"},
+             {"customer_id": "C0000031", "k": 6, "objective": "expected_value"}]  # fmt: skip
+    with open_server.client(bank.officers["repeat"]) as http:
+        answer = http.post(BATCH, json={"requests": items})
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["detail"][0]
+    assert error["loc"] == ["body", "requests", 1, "customer_id"]
+    assert "already item 0" in error["msg"]
+
+
+def test_no_redirect_is_built_from_the_callers_host(open_server: LiveServer, bank: Bank) -> None:
+    """Before: `GET /docs/` with `Host: evil.example` answered 307 to http://evil.example/docs."""
+    with open_server.client(bank.officers["repeat"]) as http:
+        for path in ("/docs/", "/v1/products/"):
+            answer = http.get(path, headers={"host": "evil.example"}, follow_redirects=False)
+            assert answer.status_code in (401, 404), (path, answer.status_code)
+            assert "evil.example" not in answer.headers.get("location", "")
+
+
+def test_a_feedback_item_still_queued_is_answered_alone(
+    open_server: LiveServer, bank: Bank
+) -> None:
+    """Before: while events waited to be written, one unknown request id turned the whole
+    feedback batch into a 503; now that item says 503 inline and the others are answered."""
+    with open_server.client(bank.officers["repeat"]) as http:
+        made = http.post(REC, json={"customer_id": "C0000040", "k": 1})
+        assert made.status_code == 200, made.text
+        offer = made.json()["recommendations"][0]["product_id"]
+        audit = open_server.app.state.services.audit
+        audit.pending += 1  # as if another decision were still waiting for its commit
+        try:
+            answer = http.post("/v1/feedback/batch", json={"items": [
+                {"request_id": made.json()["request_id"], "product_id": offer,
+                 "outcome": "shown"},
+                {"request_id": "not-yet-written", "product_id": offer, "outcome": "shown"},
+            ]})  # fmt: skip
+        finally:
+            audit.pending -= 1
+    assert answer.status_code == 200, answer.text
+    assert [r["status"] for r in answer.json()["results"]] == ["recorded", 503]

@@ -271,8 +271,8 @@ def test_cold_start_client_with_attributes_and_holdings(server: LiveServer, worl
     assert named.json()["customer_id"] == "prospect-17"
 
     bare = recommend(server, world, {"customer": {"attributes": {}, "holdings": []}})
-    assert bare.status_code == 200, bare.text  # nothing known: still ranked offers
-    assert [o["rank"] for o in bare.json()["recommendations"]] == [1, 2, 3]
+    assert bare.status_code == 200, bare.text  # nothing known: only what no rule guards
+    assert [o["product_id"] for o in bare.json()["recommendations"]] == [CURRENT_ACCOUNT]
 
 
 def test_unknown_customer_is_404_telling_how_to_send_attributes(
@@ -585,15 +585,19 @@ def test_suitability(server: LiveServer, world: World) -> None:
 
 
 @pytest.mark.parametrize("tolerance", ["absent", None])
-def test_unknown_risk_tolerance_does_not_exclude_by_suitability(
+def test_a_cold_start_without_risk_tolerance_is_not_offered_risky_products(
     server: LiveServer, world: World, tolerance: Any
 ) -> None:
+    """A caller's unknown fact excludes what its rule guards (known clients keep "unknown
+    does not exclude": tests/test_cold_start_inputs.py)."""
     attributes = {k: v for k, v in ADULT.items() if k != "risk_tolerance"}
     if tolerance != "absent":
         attributes["risk_tolerance"] = tolerance
     offered, excluded = cold(server, world, attributes)
-    assert not [r for r in excluded.values() if r.startswith("suitability")]
-    assert SECURITIES in offered
+    assert SECURITIES not in offered and FUNDS not in offered
+    assert excluded[SECURITIES] == (
+        "suitability: risk level 5 needs the client's risk tolerance; send it"
+    )
 
 
 def test_family_rules(server: LiveServer, world: World) -> None:

@@ -21,7 +21,7 @@ from tests.serving_fixtures import (
     store_uri,
     train_into,
 )
-from tests.test_serving import assert_offer_list, recommend
+from tests.test_serving import ADULT, assert_offer_list, recommend
 
 RERANKED = replace(SMALL, rerank=True, rerank_rounds=10, rerank_candidates=6)
 
@@ -55,7 +55,7 @@ def test_reranked_model_serves_known_clients_with_reasons(server: LiveServer, wo
 def test_reranked_model_serves_cold_start_clients(server: LiveServer, world: World) -> None:
     holdings = latest_holdings(Path(world.bank_dir))
     held = sorted(next(iter(holdings.values())))[:1]
-    body = {"customer": {"attributes": {}, "holdings": held}, "k": 3}
+    body = {"customer": {"attributes": ADULT, "holdings": held}, "k": 3}
     response = recommend(server, world, body)
     assert response.status_code == 200, response.text
     assert_offer_list(response.json(), 3, set(held))
