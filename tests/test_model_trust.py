@@ -185,11 +185,11 @@ def test_aliases_versions_and_registry_uris_are_valid_references(reference: str)
     assert Variant("a", model=reference).model == reference
 
 
-@pytest.mark.parametrize("template", CRAFTED)
+# another model's well-formed name is refused by the service, not by the pattern (tested
+# over HTTP above), so it is not among the malformed references here
+@pytest.mark.parametrize("template", [t for t in CRAFTED if not t.startswith("models:/other-")])
 def test_a_variant_refuses_every_crafted_reference(template: str) -> None:
     reference = template.format(evil="/tmp/evil")
-    if reference.startswith("models:/other-model@"):
-        pytest.skip("well-formed; refused by the service: not the served model's name")
     with pytest.raises(ConfigError, match=r"model .*alias.*version"):
         Variant("a", model=reference)
 
