@@ -15,6 +15,15 @@
 ARG BASE=python:3.11-slim
 
 FROM ${BASE} AS builder
+# Portable build: LightFM's setup.py adds `-march=native -ffast-math` unless this is set.
+# -march=native would tie the image to the build machine's CPU (an older host dies with an
+# illegal instruction). The same variable drops -ffast-math too: LightFM's SGD then follows
+# IEEE floating point (no reassociation of sums, NaN/inf handled as written), so a trained
+# model's embeddings and scores can differ in the last bits from a -ffast-math build of the
+# same data and seed, and training can be a little slower; they no longer depend on the
+# build machine's CPU. Multi-threaded (Hogwild) training is not bit-reproducible either way.
+# The difference in ranking metrics was not measured here.
+ENV LIGHTFM_NO_CFLAGS=1
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc g++ \
     && rm -rf /var/lib/apt/lists/*
@@ -43,6 +52,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MLFLOW_TRACKING_URI=sqlite:////var/lib/nbo/mlflow.db \
     PORT=8000 \
     WORKERS=2
+# libgomp1: GCC's OpenMP runtime. LightFM's extension is built with OpenMP and cannot be
+# imported without libgomp.so.1 (the slim base lacks it), so without it the image can
+# neither train nor load a model. It is the only package added to the runtime stage.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-index --no-deps /wheels/*.whl \
     && useradd --system --uid 10001 --home-dir /var/lib/nbo --create-home nbo \

@@ -7,7 +7,7 @@ DEMO_CUSTOMERS ?= 50000
 DEMO_MONTHS ?= 12
 DEMO_PORT ?= 8000
 
-.PHONY: install demo test lint bench audit clean lock
+.PHONY: install demo test lint bench audit clean lock image image-test image-tools
 
 # Installs only what the lock files name, each file checked against its SHA-256
 # (--require-hashes): a package swapped on the index, or a dependency nobody reviewed,
@@ -70,6 +70,30 @@ lock: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
+
+# The container image (deploy/): docker where a daemon answers, else Debian's buildah
+# (--isolation chroot); a local stand-in for python:3.11-slim is built first when the
+# official image cannot be pulled. `make image-test` smoke-tests the built image.
+IMAGE ?= nbo-api
+image-tools:
+	@if ! command -v docker >/dev/null || ! timeout 10 docker info >/dev/null 2>&1; then \
+		missing=""; \
+		for t in buildah:buildah podman:podman debootstrap:debootstrap; do \
+			command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; \
+		done; \
+		if [ -n "$$missing" ]; then \
+			if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+				apt-get install -y -qq $$missing >/dev/null 2>&1 \
+				|| { apt-get update -qq >/dev/null && apt-get install -y -qq $$missing >/dev/null; }; \
+			else echo "install$$missing (Debian packages) or a docker daemon" >&2; exit 1; fi; \
+		fi; \
+	fi
+
+image: image-tools
+	IMAGE=$(IMAGE) deploy/build-image.sh
+
+image-test: image
+	IMAGE=$(IMAGE) deploy/image-test.sh
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache
