@@ -44,7 +44,8 @@ _KEY_VALUE_SECRETS = re.compile(
     r"(?i)\b(?P<name>password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)"
     r"(?P<eq>\s*=\s*)(?P<secret>[^&;,\s'\")]+)"
 )
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# characters a terminal or log viewer would interpret (line breaks, escape sequences)
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def redact(text: str) -> str:
@@ -69,7 +70,7 @@ def one_line(text: str) -> str:
     (which a terminal or log viewer would interpret) removed."""
     for line in str(text).splitlines():
         if line.strip():
-            return _CONTROL.sub("", redact(line.strip()))
+            return CONTROL_CHARACTERS.sub("", redact(line.strip()))
     return ""
 
 

@@ -276,17 +276,22 @@ def cost_of(payload: Any, limits: Limits) -> Cost:
     return Cost(tokens, len(items), cold, batch)
 
 
+async def _json_or_none(request: Request) -> Any:
+    """The body as JSON (already read and parsed by FastAPI: cached), or None when it is
+    not JSON or is nested past the parser's depth (validation answers it next)."""
+    try:
+        return await request.json()
+    except (ValueError, RecursionError):
+        return None
+
+
 @asynccontextmanager
 async def offer_limits(request: Request, key_id: str) -> AsyncIterator[None]:
     """The limits of `/v1/recommendations` and its batch: a batch with too many cold
     starts is a 422 before any token is spent (so is one over `max_batch`, by the route:
     it is not charged here); then the key's tokens and slot."""
     gate = gate_of(request)
-    try:
-        payload = await request.json()  # already read and parsed by FastAPI: cached
-    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
-        payload = None
-    cost = cost_of(payload, gate.limits)
+    cost = cost_of(await _json_or_none(request), gate.limits)
     cold = cost.cold_starts
     if cost.batch and cold > gate.limits.max_cold_starts:
         cap = gate.limits.max_cold_starts
@@ -315,10 +320,7 @@ async def key_limits(request: Request, key_id: str, *, items_field: str | None =
         return
     tokens = 1
     if items_field is not None:
-        try:
-            payload = await request.json()
-        except (ValueError, RecursionError):
-            payload = None
+        payload = await _json_or_none(request)
         items = payload.get(items_field) if isinstance(payload, dict) else None
         if isinstance(items, list):
             tokens = max(1, len(items))

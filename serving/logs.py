@@ -24,20 +24,19 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from recommender.errors import redact
+from recommender.errors import CONTROL_CHARACTERS, redact
 
 SERVICE_LOGGERS = ("serving", "recommender", "training")
 SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 PRIVATE_UMASK = 0o077
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def escape_controls(text: str) -> str:
     """`text` on one line: newlines and other control characters as visible escapes."""
-    return _CONTROL.sub(_escape, text)
+    return CONTROL_CHARACTERS.sub(_escape, text)
 
 
 def _escape(match: re.Match[str]) -> str:
